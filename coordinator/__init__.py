@@ -1,0 +1,2 @@
+"""gpuwarden coordinator: fleet ingest, capacity model, recovery of broken instances, and
+task governance. Imports the ``kubernetes`` package in ``coordinator.kube`` only."""
