@@ -48,6 +48,9 @@ class Mosquitto:
     port: int = field(default_factory=free_port)
     passwords: dict[str, str] = field(default_factory=dict)
     acl: str | None = None
+    # Keep sessions on disk after every change, so a persistent subscriber's session
+    # survives even a SIGKILLed broker (the agent tests kill the broker mid-run).
+    persistence: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -58,7 +61,16 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "persistence false",
+            *(
+                [
+                    "persistence true",
+                    f"persistence_location {self.workdir}/",
+                    "autosave_interval 1",
+                    "autosave_on_changes true",
+                ]
+                if self.persistence
+                else ["persistence false"]
+            ),
             f"log_dest file {self.workdir / 'mosquitto.log'}",
             "log_type error",
             "log_type warning",
