@@ -10,13 +10,13 @@ from __future__ import annotations
 import re
 import uuid
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gpuwarden_common.health import Action, Finding, Health, Severity
 
-SCHEMA = "gpuwarden/v1"
+SCHEMA: Final = "gpuwarden/v1"
 TOPIC_ROOT = "gpuwarden/v1"
 # A node's state for 8 GPUs with processes is ~10 KiB; 256 KiB leaves room for 72-GPU
 # racks while keeping a hostile publisher from making the coordinator parse megabytes.

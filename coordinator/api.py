@@ -1,0 +1,148 @@
+"""The coordinator's HTTP face: health, metrics, the read API, operator actions.
+
+Routes are thin: they parse, authorize and call an :class:`ApiBackend` (the daemon), so the
+same backend serves the API, the dashboard and the tests.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+Json = dict[str, Any]
+
+
+class UnknownNode(LookupError):
+    pass
+
+
+class ApiBackend(Protocol):
+    def health(self) -> tuple[bool, Json]: ...
+    def cluster(self) -> Json: ...
+    def nodes(self) -> list[Json]: ...
+    def node(self, name: str) -> Json | None: ...
+    def audit(self, since: float | None, node: str | None, limit: int) -> list[Json]: ...
+    def teams(self) -> list[Json]: ...
+    def tasks(self) -> list[Json]: ...
+    def priority_classes(self) -> list[Json]: ...
+    async def clear(self, node: str, actor: str, reason: str) -> Json:
+        """Operator clear: raises UnknownNode."""
+        ...
+
+    async def hold(self, node: str, actor: str, reason: str) -> Json: ...
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def build_app(
+    backend: ApiBackend,
+    registry: CollectorRegistry,
+    *,
+    api_token: str | None,
+    static_dir: str | None = None,
+) -> web.Application:
+    def _float(req: web.Request, key: str) -> float | None:
+        raw = req.query.get(key)
+        if raw is None or raw == "":
+            return None
+        try:
+            return float(raw)
+        except ValueError:
+            raise web.HTTPBadRequest(
+                text=f"{key}={raw!r}: expected Unix seconds, e.g. {key}=1700000000"
+            ) from None
+
+    async def healthz(_: web.Request) -> web.Response:
+        ok, body = backend.health()
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def cluster(_: web.Request) -> web.Response:
+        return web.json_response(backend.cluster())
+
+    async def nodes(_: web.Request) -> web.Response:
+        return web.json_response({"nodes": backend.nodes()})
+
+    async def node(req: web.Request) -> web.Response:
+        found = backend.node(req.match_info["name"])
+        if found is None:
+            raise web.HTTPNotFound(text=f"no node {req.match_info['name']!r} is known")
+        return web.json_response(found)
+
+    async def audit(req: web.Request) -> web.Response:
+        limit_raw = req.query.get("limit", "200")
+        if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 10_000:
+            raise web.HTTPBadRequest(text="limit: expected a whole number from 1 to 10000")
+        entries = backend.audit(_float(req, "since"), req.query.get("node"), int(limit_raw))
+        return web.json_response({"entries": entries})
+
+    async def teams(_: web.Request) -> web.Response:
+        return web.json_response({"teams": backend.teams()})
+
+    async def tasks(_: web.Request) -> web.Response:
+        return web.json_response({"tasks": backend.tasks()})
+
+    async def priority_classes(_: web.Request) -> web.Response:
+        return web.json_response({"priorityClasses": backend.priority_classes()})
+
+    def operator(action: str) -> Handler:
+        async def handler(req: web.Request) -> web.Response:
+            if api_token is None:
+                raise web.HTTPForbidden(
+                    text="operator actions are off: start the coordinator with --api-token-file"
+                )
+            given = req.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_token}".encode()):
+                raise web.HTTPUnauthorized(
+                    text="missing or wrong bearer token (Authorization: Bearer <token>)",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            body: Json = {}
+            if req.can_read_body:
+                try:
+                    body = await req.json()
+                except ValueError:
+                    raise web.HTTPBadRequest(text='body must be JSON: {"reason": "..."}') from None
+            reason = str(body.get("reason", "")) or f"operator {action}"
+            actor = str(body.get("actor", "")) or "operator"
+            fn = backend.clear if action == "clear" else backend.hold
+            try:
+                result = await fn(req.match_info["name"], actor, reason)
+            except UnknownNode:
+                raise web.HTTPNotFound(
+                    text=f"no node {req.match_info['name']!r} is known"
+                ) from None
+            return web.json_response(result)
+
+        return handler
+
+    app = web.Application()
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/metrics", metrics)
+    r.add_get("/api/v1/cluster", cluster)
+    r.add_get("/api/v1/nodes", nodes)
+    r.add_get("/api/v1/nodes/{name}", node)
+    r.add_get("/api/v1/audit", audit)
+    r.add_get("/api/v1/teams", teams)
+    r.add_get("/api/v1/tasks", tasks)
+    r.add_get("/api/v1/priority-classes", priority_classes)
+    r.add_post("/api/v1/nodes/{name}/clear", operator("clear"))
+    r.add_post("/api/v1/nodes/{name}/hold", operator("hold"))
+    if static_dir is not None:
+
+        async def index(_: web.Request) -> web.FileResponse:
+            return web.FileResponse(f"{static_dir}/index.html")
+
+        r.add_get("/", index)
+        r.add_static("/static/", static_dir)
+    return app
