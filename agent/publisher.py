@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypedDict
 
 import aiomqtt
 import structlog
@@ -23,6 +24,14 @@ from gpuwarden_common.broker import BrokerSettings
 from gpuwarden_common.wire import Kind, StatusMessage, encode, node_topic
 
 log = structlog.get_logger("agent.publisher")
+
+
+class Envelope(TypedDict):
+    cluster: str
+    node: str
+    boot_id: str
+    seq: int
+    ts: float
 
 
 @dataclass
@@ -37,7 +46,7 @@ class Stamp:
         self._counter = itertools.count()
         self._lock = threading.Lock()
 
-    def next(self) -> dict[str, object]:
+    def next(self) -> Envelope:
         with self._lock:
             seq = next(self._counter)
         return {
@@ -89,6 +98,7 @@ class Publisher:
         self._latest_state: bytes | None = None
         self._state_dirty = False
         self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self.connected = False
         self._topic = {k: node_topic(stamp.cluster, stamp.node, k) for k in Kind}
@@ -101,6 +111,7 @@ class Publisher:
 
     def publish_event(self, payload: bytes) -> None:
         self._spool.append(self._topic[Kind.EVENTS], payload)
+        self._drained.clear()
         self._wake.set()
 
     def spool_depth(self) -> int:
@@ -117,7 +128,9 @@ class Publisher:
             online = self._status("online")
             # reserved after "online" so the will always reads as newer than this session's
             # online message, and older than the next session's
-            will = aiomqtt.Will(self._topic[Kind.STATUS], self._status("offline"), qos=1, retain=True)
+            will = aiomqtt.Will(
+                self._topic[Kind.STATUS], self._status("offline"), qos=1, retain=True
+            )
             try:
                 async with aiomqtt.Client(
                     **self._broker.client_kwargs(),
@@ -139,7 +152,8 @@ class Publisher:
                 if not outage_logged:
                     log.warning(
                         "broker unreachable; events spool until it is back",
-                        broker=self._broker.display, error=str(exc),
+                        broker=self._broker.display,
+                        error=str(exc),
                         spooled=len(self._spool),
                     )
                     outage_logged = True
@@ -153,7 +167,9 @@ class Publisher:
             await self._drain_events(client)
             if self._state_dirty and self._latest_state is not None:
                 self._state_dirty = False
-                await client.publish(self._topic[Kind.STATE], self._latest_state, qos=1, retain=True)
+                await client.publish(
+                    self._topic[Kind.STATE], self._latest_state, qos=1, retain=True
+                )
                 self._on_published(Kind.STATE)
             if len(self._spool) == 0 and not self._state_dirty:
                 await self._wake.wait()
@@ -163,6 +179,11 @@ class Publisher:
             await client.publish(item.topic, item.payload, qos=1, retain=False)
             self._spool.ack(item.key)
             self._on_published(Kind.EVENTS)
+        self._drained.set()
+
+    async def wait_drained(self) -> None:
+        """Until every spooled event has been acknowledged (bound it with a timeout)."""
+        await self._drained.wait()
 
     async def say_offline(self) -> None:
         """Graceful shutdown: tell the fleet now rather than waiting for the will."""
@@ -171,7 +192,9 @@ class Publisher:
             return
         try:
             await asyncio.wait_for(
-                client.publish(self._topic[Kind.STATUS], self._status("offline"), qos=1, retain=True),
+                client.publish(
+                    self._topic[Kind.STATUS], self._status("offline"), qos=1, retain=True
+                ),
                 timeout=2,
             )
         except (aiomqtt.MqttError, TimeoutError):

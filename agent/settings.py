@@ -13,26 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpuwarden_common.broker import BrokerSettings, BrokerUrlError
+from gpuwarden_common.flags import HttpAddress, SettingsError, positive, read_secret
 from gpuwarden_common.wire import valid_name
-
-
-class SettingsError(ValueError):
-    """A bad flag: the message says which and what to give instead."""
-
-
-@dataclass(frozen=True)
-class HttpAddress:
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str, flag: str = "--http") -> HttpAddress | None:
-        if text.strip().lower() == "off":
-            return None
-        host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise SettingsError(f"{flag} {text!r}: expected HOST:PORT (e.g. 0.0.0.0:9402) or off")
-        return cls(host.strip("[]") or "0.0.0.0", int(port))
 
 
 @dataclass(frozen=True)
@@ -65,66 +47,90 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         description="gpuwarden node agent: GPU and host health over MQTT. "
         "Every flag has a GPUWARDEN_<FLAG> environment twin.",
     )
-    p.add_argument("--broker", default=e("BROKER", "mqtt://localhost:1883"),
-                   help="mqtt://host:port or mqtts://host:port (default %(default)s)")
+    p.add_argument(
+        "--broker",
+        default=e("BROKER", "mqtt://localhost:1883"),
+        help="mqtt://host:port or mqtts://host:port (default %(default)s)",
+    )
     p.add_argument("--username", default=e("USERNAME"))
-    p.add_argument("--password", default=e("PASSWORD"),
-                   help="prefer GPUWARDEN_PASSWORD or --password-file over a visible flag")
+    p.add_argument(
+        "--password",
+        default=e("PASSWORD"),
+        help="prefer GPUWARDEN_PASSWORD or --password-file over a visible flag",
+    )
     p.add_argument("--password-file", default=e("PASSWORD_FILE"))
     p.add_argument("--tls-ca", default=e("TLS_CA"), help="CA bundle; implies TLS")
     p.add_argument("--tls-cert", default=e("TLS_CERT"), help="client certificate (with --tls-key)")
     p.add_argument("--tls-key", default=e("TLS_KEY"))
     p.add_argument("--cluster", default=e("CLUSTER", "default"))
-    p.add_argument("--node", default=e("NODE", env.get("NODE_NAME")),
-                   help="node name (default: $NODE_NAME, else the host name)")
+    p.add_argument(
+        "--node",
+        default=e("NODE", env.get("NODE_NAME")),
+        help="node name (default: $NODE_NAME, else the host name)",
+    )
     p.add_argument("--interval", default=e("INTERVAL", "10"), help="seconds between snapshots")
-    p.add_argument("--http", default=e("HTTP", "0.0.0.0:9402"),
-                   help="HOST:PORT for /healthz and /metrics, or off (default %(default)s)")
-    p.add_argument("--spool", default=e("SPOOL"),
-                   help="directory for undelivered fault events (default: memory only)")
+    p.add_argument(
+        "--http",
+        default=e("HTTP", "0.0.0.0:9402"),
+        help="HOST:PORT for /healthz and /metrics, or off (default %(default)s)",
+    )
+    p.add_argument(
+        "--spool",
+        default=e("SPOOL"),
+        help="directory for undelivered fault events (default: memory only)",
+    )
     p.add_argument("--gpu-backend", default=e("GPU_BACKEND", "nvml"), choices=["nvml", "sim"])
     p.add_argument("--sim-gpus", default=e("SIM_GPUS", "8"))
-    p.add_argument("--sim-scenario", default=e("SIM_SCENARIO"),
-                   help="YAML list of {at, gpu, fault[, xid]} steps for the sim backend")
+    p.add_argument(
+        "--sim-scenario",
+        default=e("SIM_SCENARIO"),
+        help="YAML list of {at, gpu, fault[, xid]} steps for the sim backend",
+    )
     p.add_argument("--xid-table", default=e("XID_TABLE"), help="YAML overriding the XID table")
-    p.add_argument("--xid-history", default=e("XID_HISTORY"),
-                   help="JSON file remembering reboot-class faults across reboots "
-                   "(default: <spool>/xid-history.json with --spool, else memory)")
-    p.add_argument("--kmsg", default=e("KMSG", "/dev/kmsg"),
-                   help="kernel log to follow for NVRM Xid lines, or off")
-    p.add_argument("--expected-gpus", default=e("EXPECTED_GPUS"),
-                   help="GPUs this node should have (default: as many as NVML sees at start)")
+    p.add_argument(
+        "--xid-history",
+        default=e("XID_HISTORY"),
+        help="JSON file remembering reboot-class faults across reboots "
+        "(default: <spool>/xid-history.json with --spool, else memory)",
+    )
+    p.add_argument(
+        "--kmsg",
+        default=e("KMSG", "/dev/kmsg"),
+        help="kernel log to follow for NVRM Xid lines, or off",
+    )
+    p.add_argument(
+        "--expected-gpus",
+        default=e("EXPECTED_GPUS"),
+        help="GPUs this node should have (default: as many as NVML sees at start)",
+    )
     p.add_argument("--instance-type", default=e("INSTANCE_TYPE"))
     p.add_argument("--disk-path", default=e("DISK_PATH", "/"))
-    p.add_argument("--once", action="store_true", default=e("ONCE", "") in {"1", "true"},
-                   help="collect once, print the state JSON, exit")
-    p.add_argument("--log-level", default=e("LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--once",
+        action="store_true",
+        default=e("ONCE", "") in {"1", "true"},
+        help="collect once, print the state JSON, exit",
+    )
+    p.add_argument(
+        "--log-level", default=e("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"]
+    )
     return p
-
-
-def _positive(value: str, flag: str, *, integer: bool = False) -> float:
-    try:
-        number = int(value) if integer else float(value)
-    except ValueError:
-        raise SettingsError(f"{flag} {value!r}: expected a positive number") from None
-    if number <= 0:
-        raise SettingsError(f"{flag} {value!r}: must be greater than 0")
-    return number
 
 
 def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> AgentSettings:
     args = _parser(env).parse_args(list(argv))
-    password = args.password
-    if args.password_file:
-        try:
-            password = Path(args.password_file).read_text().strip()
-        except OSError as exc:
-            raise SettingsError(f"--password-file: cannot read it ({exc})") from None
+    password = (
+        read_secret(args.password_file, "--password-file") if args.password_file
+        else args.password
+    )
     try:
         broker = BrokerSettings.from_url(
-            args.broker, username=args.username, password=password,
-            tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            args.broker,
+            username=args.username,
+            password=password,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
     except BrokerUrlError as exc:
         raise SettingsError(f"--broker: {exc}") from None
@@ -135,25 +141,28 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> AgentSettings
                 f"{flag} {value!r}: use letters, digits, '.', '_' or '-' (no '/', '+', '#')"
             )
     spool = Path(args.spool) if args.spool else None
-    history = Path(args.xid_history) if args.xid_history else (
-        spool / "xid-history.json" if spool else None
+    history = (
+        Path(args.xid_history)
+        if args.xid_history
+        else (spool / "xid-history.json" if spool else None)
     )
     return AgentSettings(
         broker=broker,
         cluster=args.cluster,
         node=node,
-        interval_s=_positive(args.interval, "--interval"),
+        interval_s=positive(args.interval, "--interval"),
         http=HttpAddress.parse(args.http),
         spool_dir=spool,
         gpu_backend=args.gpu_backend,
-        sim_gpus=int(_positive(args.sim_gpus, "--sim-gpus", integer=True)),
+        sim_gpus=int(positive(args.sim_gpus, "--sim-gpus", integer=True)),
         sim_scenario=Path(args.sim_scenario) if args.sim_scenario else None,
         xid_table=Path(args.xid_table) if args.xid_table else None,
         xid_history=history,
         kmsg_path=None if args.kmsg in {"", "off"} else Path(args.kmsg),
         expected_gpus=(
-            int(_positive(args.expected_gpus, "--expected-gpus", integer=True))
-            if args.expected_gpus else None
+            int(positive(args.expected_gpus, "--expected-gpus", integer=True))
+            if args.expected_gpus
+            else None
         ),
         instance_type=args.instance_type,
         disk_path=args.disk_path,

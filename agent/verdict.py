@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import msgspec
+
 from agent.checks.base import CheckResult
 from agent.sample import NodeSample
 from gpuwarden_common.health import (
@@ -68,7 +70,7 @@ def _judge(gpu: GpuState, findings: list[Finding]) -> GpuState:
         action = strongest_action([action, LOST_GPU_ACTION])
     if (health, action) == (gpu.health, gpu.action):
         return gpu
-    return gpu.model_copy(update={"health": health, "action": action})
+    return msgspec.structs.replace(gpu, health=health, action=action)
 
 
 def _gpu_states(gpus: tuple[GpuState, ...]) -> dict[int, tuple[Health, Action]]:

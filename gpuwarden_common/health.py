@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+import msgspec
+from msgspec import Meta
 
 
 class Severity(StrEnum):
@@ -71,21 +73,19 @@ def health_of_severity(severity: Severity) -> Health:
     return _SEVERITY_HEALTH[severity]
 
 
-class Finding(BaseModel):
+class Finding(msgspec.Struct, frozen=True, kw_only=True):
     """One conclusion of one check about one GPU (gpu_index set) or the host (gpu_index None).
 
     A check that could not run yields severity ``warning`` with ``unknown=True``: the device is
     then of unknown health, which is not the same as broken.
     """
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    check: str = Field(min_length=1, max_length=64)
+    check: Annotated[str, Meta(min_length=1, max_length=64)]
     severity: Severity
-    code: str = Field(min_length=1, max_length=64)
-    message: str = Field(max_length=1024)
+    code: Annotated[str, Meta(min_length=1, max_length=64)]
+    message: Annotated[str, Meta(max_length=1024)]
     action: Action = Action.NONE
-    gpu_index: int | None = Field(default=None, ge=0, le=1023)
+    gpu_index: Annotated[int, Meta(ge=0, le=1023)] | None = None
     unknown: bool = False
 
     @property

@@ -31,10 +31,12 @@ class Listener:
 
     async def wait_for(self, predicate: Any, timeout: float = 10.0) -> list[Received]:
         """Wait until ``predicate(messages)`` is truthy; return the messages then."""
+
         async def _wait() -> list[Received]:
             async with self.changed:
                 await self.changed.wait_for(lambda: bool(predicate(self.messages)))
                 return list(self.messages)
+
         return await asyncio.wait_for(_wait(), timeout)
 
     def on(self, suffix: str) -> list[Received]:
@@ -53,7 +55,9 @@ async def listening(
         while True:
             try:
                 async with aiomqtt.Client(
-                    "127.0.0.1", port, identifier=identifier,
+                    "127.0.0.1",
+                    port,
+                    identifier=identifier,
                     clean_session=False if persistent else None,
                 ) as client:
                     await client.subscribe(topic, qos=1)
@@ -62,7 +66,9 @@ async def listening(
                         payload = msg.payload if isinstance(msg.payload, bytes) else b""
                         async with listener.changed:
                             listener.messages.append(
-                                Received(str(msg.topic), payload, bool(msg.retain), time.monotonic())
+                                Received(
+                                    str(msg.topic), payload, bool(msg.retain), time.monotonic()
+                                )
                             )
                             listener.changed.notify_all()
             except aiomqtt.MqttError:

@@ -21,10 +21,17 @@ FAST = Backoff(initial_s=0.05, max_s=0.2)
 
 
 def _event(stamp: Stamp, n: int) -> bytes:
-    return encode(EventMessage(
-        **stamp.next(), kind=EventKind.XID, code="XID-79", xid=79,  # type: ignore[arg-type]
-        severity=Severity.CRITICAL, action=Action.REBOOT, message=f"fault {n}",
-    ))
+    return encode(
+        EventMessage(
+            **stamp.next(),
+            kind=EventKind.XID,
+            code="XID-79",
+            xid=79,
+            severity=Severity.CRITICAL,
+            action=Action.REBOOT,
+            message=f"fault {n}",
+        )
+    )
 
 
 @contextlib.asynccontextmanager
@@ -87,9 +94,12 @@ async def test_a_killed_broker_loses_no_event_and_duplicates_none(
     broker = Mosquitto(workdir=tmp_path / "b", persistence=True).start()
     try:
         pub, stamp = _publisher(broker, DirectorySpool(tmp_path / "spool", fsync=False))
-        async with listening(
-            broker.port, "gpuwarden/v1/c1/nodes/+/events", identifier="audit", persistent=True
-        ) as heard, running(pub):
+        async with (
+            listening(
+                broker.port, "gpuwarden/v1/c1/nodes/+/events", identifier="audit", persistent=True
+            ) as heard,
+            running(pub),
+        ):
             for n in range(5):
                 pub.publish_event(_event(stamp, n))
             await heard.wait_for(lambda m: len(m) >= 5)

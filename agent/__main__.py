@@ -1,0 +1,160 @@
+"""``gpuwarden-agent`` / ``python -m agent``: build settings, pick the GPU backend, run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from agent.daemon import Agent
+from agent.host import read_boot_id
+from agent.http import Liveness, build_app, serve
+from agent.nvml_collector import NvmlUnavailable
+from agent.publisher import Publisher
+from agent.settings import AgentSettings, parse_settings
+from agent.spool import DirectorySpool, MemorySpool, Spool
+from gpuwarden_common import logs
+from gpuwarden_common.flags import SettingsError
+from gpuwarden_common.wire import encode
+
+log = structlog.get_logger("agent")
+
+SHUTDOWN_DEADLINE_S = 10.0
+
+
+class StartupError(RuntimeError):
+    """One line for the operator: what is wrong and what to do."""
+
+
+def nvml_backend(settings: AgentSettings) -> tuple[Any, Any]:
+    """The module the collector talks to, and a scenario player for ``sim`` (or None)."""
+    if settings.gpu_backend == "nvml":
+        import pynvml  # noqa: PLC0415 - only the real backend needs the real bindings
+
+        return pynvml, None
+    from agent.sim.fake_pynvml import FakeNvml  # noqa: PLC0415
+    from agent.sim.scenario import ScenarioError, ScenarioPlayer, load_scenario  # noqa: PLC0415
+
+    fake = FakeNvml(gpus=settings.sim_gpus, seed=settings.node)
+    player = None
+    if settings.sim_scenario is not None:
+        try:
+            player = ScenarioPlayer(fake, load_scenario(settings.sim_scenario))
+        except ScenarioError as exc:
+            raise StartupError(str(exc)) from None
+    return fake, player
+
+
+async def _amain(settings: AgentSettings) -> int:
+    nvml, player = nvml_backend(settings)
+    agent = Agent(settings, nvml, boot_id=read_boot_id())
+    try:
+        await agent.start_nvml()
+    except NvmlUnavailable as exc:
+        raise StartupError(str(exc)) from None
+    if player is not None:
+        player.start()
+    if settings.once:
+        state, _ = await agent.sample()
+        sys.stdout.write(encode(state).decode() + "\n")
+        return 0
+
+    spool: Spool = DirectorySpool(settings.spool_dir) if settings.spool_dir else MemorySpool()
+    publisher = Publisher(
+        settings.broker,
+        agent.stamp,
+        spool,
+        on_published=lambda kind: agent.metrics.published.labels(kind.value).inc(),
+        on_connection=lambda up: agent.metrics.broker_connected.set(1 if up else 0),
+    )
+    agent.publisher = publisher
+    agent.start_watchers()
+    runner = None
+    if settings.http is not None:
+        app = build_app(
+            agent.metrics.registry,
+            lambda: Liveness(
+                agent.last_sample_ts,
+                settings.interval_s,
+                publisher.connected,
+                publisher.spool_depth(),
+            ),
+        )
+        try:
+            runner = await serve(app, settings.http.host, settings.http.port)
+        except OSError as exc:
+            raise StartupError(
+                f"--http {settings.http.host}:{settings.http.port}: cannot listen ({exc}); "
+                "pick another port or --http off"
+            ) from None
+    log.info(
+        "agent started",
+        node=settings.node,
+        cluster=settings.cluster,
+        broker=settings.broker.display,
+        gpus=len(agent.collector.identities),
+        backend=settings.gpu_backend,
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = {"count": 0}
+
+    def on_signal() -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            log.error("second signal: exiting now")
+            os._exit(1)
+        log.info("stopping (send the signal again to force)")
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(agent.run(stop), name="sample-loop")
+            pub_task = tg.create_task(publisher.run(), name="publisher")
+            await stop.wait()
+            # let spooled events drain briefly, say offline, then stop
+            try:
+                async with asyncio.timeout(SHUTDOWN_DEADLINE_S):
+                    if publisher.connected and publisher.spool_depth() > 0:
+                        await publisher.wait_drained()
+                    await publisher.say_offline()
+            except TimeoutError:
+                log.warning("shutdown deadline passed", spooled=publisher.spool_depth())
+            pub_task.cancel()
+    finally:
+        agent.stop_watchers()
+        if player is not None:
+            player.stop()
+        if runner is not None:
+            await runner.cleanup()
+        await asyncio.to_thread(agent.collector.shutdown)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = parse_settings(sys.argv[1:] if argv is None else argv, os.environ)
+    except SettingsError as exc:
+        print(f"gpuwarden-agent: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    try:
+        return asyncio.run(_amain(settings))
+    except StartupError as exc:
+        print(f"gpuwarden-agent: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
