@@ -1,0 +1,325 @@
+"""How fast the coordinator takes agent state messages, next to a bare MQTT subscriber.
+
+    python -m bench.ingest_throughput [--messages 20000] [--nodes 100]
+
+Starts a private Mosquitto, then for each of two consumers, (a) a bare aiomqtt subscriber
+and (b) the Ingestor with a sink that does nothing:
+
+1. the consumer opens a persistent session, subscribes, and goes away;
+2. a separate process publishes N realistic 8-GPU state messages (QoS 1) as fast as the
+   broker acknowledges them, which the broker queues for the absent consumer;
+3. the consumer comes back and drains the backlog; its rate is N over the time from its
+   first message to its last.
+
+Draining a backlog measures the consumer's own ceiling: a live run would only measure the
+publisher whenever it is the slower side. Targets: the Ingestor >= 4,000 msg/s and >= 0.6
+of the bare subscriber's rate. Exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import CollectorRegistry
+
+from coordinator.ingest import IngestGate, Ingestor, IngestStats
+from gpuwarden_common.broker import BrokerSettings
+from gpuwarden_common.health import Action, Finding, Health, Severity
+from gpuwarden_common.wire import (
+    EccCounts,
+    EventMessage,
+    GpuProcess,
+    GpuState,
+    HostState,
+    Kind,
+    NvLink,
+    Pcie,
+    RowRemap,
+    StateMessage,
+    StatusMessage,
+    agent_subscriptions,
+    decode,
+    encode,
+    node_topic,
+)
+from tests.brokers import running_mosquitto
+
+CLUSTER = "bench"
+TARGET_RATE = 4000.0
+TARGET_RATIO = 0.6
+
+
+def realistic_state(node: str, seq: int, gpus: int = 8) -> StateMessage:
+    """What an 8-GPU training node reports: every field read, a few processes per GPU."""
+    return StateMessage(
+        cluster=CLUSTER, node=node, seq=seq, boot_id="3f1c9a52-8e7b-4d6f-a0c1-5b2e9d7f4a10",
+        ts=time.time(), interval_s=10, instance_type="p5.48xlarge", driver_version="550.90.07",
+        gpus_expected=gpus, health=Health.DEGRADED, action=Action.NONE,
+        gpus=[
+            GpuState(
+                index=i, uuid=f"GPU-{i:08x}-1c2d-3e4f-5a6b-7c8d9e0f1a2b",
+                name="NVIDIA H100 80GB HBM3",
+                serial=f"165232100{i:04d}", pci_bus_id=f"00000000:{0x18 + i * 0x10:02X}:00.0",
+                health=Health.HEALTHY if i != 3 else Health.DEGRADED, action=Action.NONE,
+                utilization_gpu_pct=97.0, utilization_memory_pct=61.0,
+                memory_used_bytes=71_000_000_000, memory_total_bytes=85_899_345_920,
+                temperature_c=63.0, power_draw_w=612.4, power_limit_w=700.0,
+                clock_sm_mhz=1980, clock_mem_mhz=2619, clock_event_reasons=["sw_power_cap"],
+                ecc_enabled=True,
+                ecc=EccCounts(volatile_corrected=2, volatile_uncorrected=0,
+                              aggregate_corrected=14, aggregate_uncorrected=0),
+                row_remap=RowRemap(correctable=1), pcie=Pcie(gen=5, max_gen=5, width=16,
+                                                             max_width=16, replay_count=0),
+                nvlink=NvLink(links_total=18, links_up=18),
+                processes=[
+                    GpuProcess(pid=41_000 + i * 10 + p, used_memory_bytes=17_000_000_000,
+                               name="/usr/bin/python3")
+                    for p in range(4)
+                ],
+            )
+            for i in range(gpus)
+        ],
+        host=HostState(hostname=node, cpu_percent=38.5, cpu_count=192, load1=71.2, load5=70.8,
+                       load15=69.9, memory_used_bytes=1_100_000_000_000,
+                       memory_total_bytes=2_000_000_000_000, disk_used_bytes=3_000_000_000_000,
+                       disk_total_bytes=7_600_000_000_000, uptime_s=864_000.0),
+        findings=[
+            Finding(check="ecc", severity=Severity.WARNING, code="ECC-SBE-RATE",
+                    message="GPU 3: corrected ECC errors rising", gpu_index=3),
+        ],
+    )  # fmt: skip
+
+
+# --- the publisher process ---------------------------------------------------------------------
+
+
+def publish(port: int, messages: int, nodes: int) -> None:
+    """Runs in its own process: publish ``messages`` states round-robin over ``nodes``."""
+    names = [f"gpu-node-{n:04d}" for n in range(nodes)]
+    payloads = [
+        (node_topic(CLUSTER, names[i % nodes], Kind.STATE),
+         encode(realistic_state(names[i % nodes], seq=i // nodes + 1)))
+        for i in range(messages)
+    ]  # fmt: skip
+    acked = threading.Semaphore(0)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.on_publish = lambda *_args: acked.release()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    started = time.perf_counter()
+    for topic, payload in payloads:
+        client.publish(topic, payload, qos=1)
+    for _ in range(messages):
+        acked.acquire()
+    elapsed = time.perf_counter() - started
+    client.disconnect()
+    client.loop_stop()
+    print(
+        f"  publisher: {messages} messages of {len(payloads[0][1]):,} bytes acknowledged "
+        f"in {elapsed:.2f}s ({messages / elapsed:,.0f} msg/s)",
+        flush=True,
+    )
+
+
+def publish_backlog(port: int, messages: int, nodes: int) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=publish, args=(port, messages, nodes), name="bench-publisher")
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"the publisher process failed (exit {proc.exitcode})")
+
+
+# --- the consumers -------------------------------------------------------------------------------
+
+
+class Stopwatch:
+    """First to ``target``-th tick; ``done`` fires at the last."""
+
+    def __init__(self, target: int, progress: Callable[[int], None]) -> None:
+        self.target = target
+        self.count = 0
+        self.first: float | None = None
+        self.last: float | None = None
+        self.done = asyncio.Event()
+        self._progress = progress
+        self._step = max(1, target // 4)
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        self.count += 1
+        if self.count % self._step == 0:
+            self._progress(self.count)
+        if self.count == self.target:
+            self.last = now
+            self.done.set()
+
+    def rate(self) -> float:
+        assert self.first is not None and self.last is not None
+        return (self.count - 1) / (self.last - self.first)
+
+
+def progress(label: str, total: int) -> Callable[[int], None]:
+    return lambda n: print(f"  {label}: {n:,}/{total:,}", flush=True)
+
+
+async def forget_session(port: int, client_id: str) -> None:
+    """A clean connect ends a persistent session, so it stops collecting the next phase's
+    messages."""
+    async with aiomqtt.Client("127.0.0.1", port, identifier=client_id, clean_session=True):
+        pass
+
+
+async def bare_rate(port: int, messages: int, nodes: int, *, decoding: bool = False) -> float:
+    """A subscriber that only counts, or (``decoding``) also runs ``wire.decode``: the cost
+    no ingest path can avoid, shown to tell the Ingestor's own overhead from it."""
+    client_id = "bench-bare"
+    subs = [(t, 1) for t in agent_subscriptions(CLUSTER)]
+    async with aiomqtt.Client(
+        "127.0.0.1", port, identifier=client_id, clean_session=False
+    ) as client:
+        await client.subscribe(subs)
+    await asyncio.to_thread(publish_backlog, port, messages, nodes)
+    label = "bare subscriber + decode" if decoding else "bare subscriber"
+    watch = Stopwatch(messages, progress(label, messages))
+    async with aiomqtt.Client(
+        "127.0.0.1", port, identifier=client_id, clean_session=False
+    ) as client:
+        await client.subscribe(subs)
+        async for message in client.messages:
+            if isinstance(message.payload, bytes):
+                if decoding:
+                    decode(message.topic.value, message.payload)
+                watch.tick()
+            if watch.done.is_set():
+                break
+    await forget_session(port, client_id)
+    return watch.rate()
+
+
+class CountingSink:
+    """The sink that does nothing but count, so the Ingestor's own cost is what is measured."""
+
+    def __init__(self, watch: Stopwatch) -> None:
+        self._watch = watch
+
+    def on_status(self, msg: StatusMessage) -> None:
+        self._watch.tick()
+
+    def on_state(self, msg: StateMessage) -> None:
+        self._watch.tick()
+
+    def on_event(self, msg: EventMessage) -> None:
+        self._watch.tick()
+
+
+async def ingest_rate(port: int, messages: int, nodes: int) -> tuple[float, IngestStats]:
+    client_id = "bench-ingest"
+    watch = Stopwatch(messages, progress("ingestor", messages))
+    gate = IngestGate(CLUSTER, CollectorRegistry())
+    settings = BrokerSettings.from_url(f"mqtt://127.0.0.1:{port}")
+
+    def ingestor() -> Ingestor:
+        return Ingestor(
+            settings, CLUSTER, CountingSink(watch), gate,
+            client_id=client_id, persistent_session=True,
+        )  # fmt: skip
+
+    first = ingestor()
+    task = asyncio.create_task(first.run())
+    await first.wait_connected()  # the session and its subscriptions now exist
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await asyncio.to_thread(publish_backlog, port, messages, nodes)
+    second = ingestor()
+    task = asyncio.create_task(second.run())
+    try:
+        await watch.done.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await forget_session(port, client_id)
+    return watch.rate(), second.stats()
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    bare: list[float] = []
+    decoding: list[float] = []
+    ingest: list[float] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="gpuwarden-bench-") as tmp,
+        running_mosquitto(Path(tmp) / "mosquitto") as broker,
+    ):
+        print(
+            f"broker on port {broker.port}; {args.rounds} rounds of {args.messages:,} state "
+            f"messages over {args.nodes} nodes",
+            flush=True,
+        )
+        # interleaved rounds: a burst of noise on the machine hits every side alike
+        for round_no in range(1, args.rounds + 1):
+            print(f"round {round_no}: (a) bare aiomqtt subscriber", flush=True)
+            bare.append(await bare_rate(broker.port, args.messages, args.nodes))
+            print(f"  bare subscriber: {bare[-1]:,.0f} msg/s", flush=True)
+            print(f"round {round_no}: (b) Ingestor, null sink", flush=True)
+            rate, stats = await ingest_rate(broker.port, args.messages, args.nodes)
+            ingest.append(rate)
+            print(
+                f"  ingestor: {rate:,.0f} msg/s accepted (accepted {stats.accepted:,}, "
+                f"rejected {stats.rejected:,}, internal errors {stats.internal_errors:,})",
+                flush=True,
+            )
+            print(f"round {round_no}: (ref) bare subscriber + wire.decode", flush=True)
+            decoding.append(await bare_rate(broker.port, args.messages, args.nodes, decoding=True))
+            print(f"  bare subscriber + decode: {decoding[-1]:,.0f} msg/s", flush=True)
+    bare_median = statistics.median(bare)
+    ingest_median = statistics.median(ingest)
+    decoding_median = statistics.median(decoding)
+    ratio = ingest_median / bare_median
+    ok = ingest_median >= TARGET_RATE and ratio >= TARGET_RATIO
+    print(
+        f"reference (median): a bare subscriber that also runs wire.decode takes "
+        f"{decoding_median:,.0f} msg/s; the Ingestor reaches "
+        f"{ingest_median / decoding_median:.2f} of that",
+        flush=True,
+    )
+    print(
+        f"result (medians): bare {bare_median:,.0f} msg/s, ingestor {ingest_median:,.0f} msg/s, "
+        f"ratio {ratio:.2f} (targets >= {TARGET_RATE:,.0f} msg/s and >= {TARGET_RATIO}): "
+        f"{'PASS' if ok else 'FAIL'}",
+        flush=True,
+    )
+    return 0 if ok else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--nodes", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    sys.exit(asyncio.run(main_async(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()
