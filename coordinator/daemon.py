@@ -1,0 +1,313 @@
+"""The coordinator process: ingest -> model -> remediation, plus the API, feed and alerts.
+
+``Coordinator`` is the ingest sink and the API backend at once, so the one model has one
+owner. Everything runs on one event loop; blocking work (SQLite, Kubernetes) goes to threads
+inside the pieces that do it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from coordinator.actuators import Actuator
+from coordinator.alerts import AlertSender
+from coordinator.api import Json, UnknownNode
+from coordinator.audit import AuditLog
+from coordinator.ingest import IngestGate, Ingestor
+from coordinator.lifecycle import LifecycleConfig
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.model import ClusterModel, NodeRecord
+from coordinator.remediator import RemediationConfig, Remediator, TransitionHook
+from coordinator.safety import SafetyGate
+from coordinator.settings import CoordinatorSettings
+from gpuwarden_common.wire import (
+    ClusterHealthMessage,
+    EventMessage,
+    Kind,
+    NodeVerdictMessage,
+    StateMessage,
+    StatusMessage,
+    cluster_health_topic,
+    encode,
+    node_topic,
+    to_builtins,
+)
+
+log = structlog.get_logger("coordinator")
+
+CLUSTER_FEED_INTERVAL_S = 5.0
+
+
+class Leadership(Protocol):
+    @property
+    def is_leader(self) -> bool: ...
+
+
+class AlwaysLeader:
+    """Without Kubernetes there is no Lease: one coordinator per cluster, by deployment."""
+
+    is_leader = True
+
+
+class Coordinator:
+    def __init__(
+        self,
+        settings: CoordinatorSettings,
+        *,
+        actuator: Actuator,
+        audit: AuditLog,
+        registry: CollectorRegistry | None = None,
+        leadership: Leadership | None = None,
+        on_transition: TransitionHook | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.actuator = actuator
+        self.audit_log = audit
+        self.leadership: Leadership = leadership or AlwaysLeader()
+        self.clock = clock
+        self.model = ClusterModel(max_report_gap_s=settings.offline_grace_s)
+        self.metrics = CoordinatorMetrics(self.registry)
+        self.alerts = AlertSender(
+            settings.alert_webhook, settings.alert_shape,  # type: ignore[arg-type]
+            registry=self.registry,
+        )
+        self.gate = IngestGate(settings.cluster, self.registry)
+        self.ingestor = Ingestor(
+            settings.broker, settings.cluster, self, self.gate,
+            client_id=f"gpuwarden-coordinator-{settings.identity}",
+        )
+        self.lifecycle = LifecycleConfig(
+            offline_grace_s=settings.offline_grace_s,
+            recovery_stable_s=settings.recovery_stable_s,
+        )
+        self._acting = False
+        self.remediator = Remediator(
+            self.model, actuator, audit,
+            SafetyGate(settings.max_unhealthy, settings.max_remediations_per_minute),
+            self.alerts, self.metrics,
+            RemediationConfig(actor=settings.identity, lifecycle=self.lifecycle,
+                              dry_run=settings.dry_run),
+            is_leader=lambda: self._acting,
+            on_transition=on_transition,
+            on_node_changed=self._node_changed,
+            clock=clock,
+        )
+        self._verdicts_due: set[str] = set()
+        self._feed_wake = asyncio.Event()
+        self.started_at = clock()
+
+    # --- ingest sink ----------------------------------------------------------------------
+    def on_status(self, msg: StatusMessage) -> None:
+        if self.model.apply_status(msg, self.clock()):
+            self.remediator.poke(msg.node)
+
+    def on_state(self, msg: StateMessage) -> None:
+        if self.model.apply_state(msg, self.clock()):
+            self.remediator.poke(msg.node)
+
+    def on_event(self, msg: EventMessage) -> None:
+        log.warning("fault event", node=msg.node, code=msg.code, gpu=msg.gpu_index,
+                    kind=msg.kind.value, message=msg.message)
+        if self.model.apply_event(msg, self.clock()):
+            self.remediator.poke(msg.node)
+
+    # --- feed -------------------------------------------------------------------------------
+    def _node_changed(self, record: NodeRecord) -> None:
+        self._verdicts_due.add(record.name)
+        self._feed_wake.set()
+
+    def verdict_of(self, record: NodeRecord) -> NodeVerdictMessage:
+        return NodeVerdictMessage(
+            cluster=self.settings.cluster, node=record.name, ts=self.clock(),
+            lifecycle=record.lifecycle.value, health=record.health, action=record.action,
+            reason=record.message or record.reason, schedulable=record.in_service,
+            gpus_total=record.gpus_total, gpus_healthy=record.gpus_healthy,
+        )
+
+    def cluster_health(self) -> ClusterHealthMessage:
+        cap = self.model.capacity()
+        pause = self.remediator.gate.paused
+        return ClusterHealthMessage(
+            cluster=self.settings.cluster, ts=self.clock(), nodes_total=len(self.model),
+            nodes_by_lifecycle={k.value: v for k, v in cap.nodes_by_lifecycle.items()},
+            gpus_total=cap.cluster.total, gpus_healthy=cap.cluster.healthy,
+            gpus_unhealthy=cap.cluster.unhealthy,
+            gpus_pending_recovery=cap.cluster.pending_recovery,
+            remediation_paused=pause is not None,
+            paused_reason=pause.message if pause is not None else "",
+        )
+
+    async def _feed(self) -> None:
+        next_cluster = 0.0
+        while True:
+            if self._acting:
+                due, self._verdicts_due = self._verdicts_due, set()
+                for name in sorted(due):
+                    record = self.model.node(name)
+                    if record is not None:
+                        await self.ingestor.publish_retained(
+                            node_topic(self.settings.cluster, name, Kind.VERDICT),
+                            encode(self.verdict_of(record)),
+                        )
+            now = self.clock()
+            if now >= next_cluster:
+                health = self.cluster_health()
+                self.metrics.observe_capacity(self.model.capacity())
+                if self._acting:
+                    await self.ingestor.publish_retained(
+                        cluster_health_topic(self.settings.cluster), encode(health)
+                    )
+                next_cluster = now + CLUSTER_FEED_INTERVAL_S
+            self._feed_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._feed_wake.wait(), max(0.05, next_cluster - now))
+
+    # --- leadership -------------------------------------------------------------------------
+    async def _follow_leadership(self) -> None:
+        """Act only while leading; on gaining the lease, rebuild from the audit log and the
+        cluster first, so nothing is done twice."""
+        while True:
+            leading = self.leadership.is_leader
+            if leading and not self._acting:
+                await self.remediator.restore()
+                self._acting = True
+                self.metrics.leader.set(1)
+                log.info("leading: acting on the fleet", identity=self.settings.identity)
+                for record in self.model.nodes():
+                    self._node_changed(record)
+            elif not leading and self._acting:
+                self._acting = False
+                self.metrics.leader.set(0)
+                log.warning("lost leadership: standing by", identity=self.settings.identity)
+            await asyncio.sleep(0.2)
+
+    @property
+    def acting(self) -> bool:
+        return self._acting
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.ingestor.run(), name="ingest")
+            tg.create_task(self.alerts.run(), name="alerts")
+            tg.create_task(self._follow_leadership(), name="leadership")
+            tg.create_task(self.remediator.run(), name="remediation")
+            tg.create_task(self._feed(), name="feed")
+
+    # --- API backend ----------------------------------------------------------------------
+    def health(self) -> tuple[bool, Json]:
+        stats = self.ingestor.stats()
+        return True, {
+            "status": "ok", "leader": self._acting, "broker_connected": stats.connected,
+            "dry_run": self.settings.dry_run, "nodes": len(self.model),
+            "uptime_s": round(self.clock() - self.started_at, 1),
+        }
+
+    def cluster(self) -> Json:
+        health = self.cluster_health()
+        cap = self.model.capacity()
+        stats = self.ingestor.stats()
+        return {
+            "cluster": self.settings.cluster,
+            "nodes_total": health.nodes_total,
+            "nodes_by_lifecycle": health.nodes_by_lifecycle,
+            "capacity": {
+                "gpus_total": cap.cluster.total, "gpus_healthy": cap.cluster.healthy,
+                "gpus_unhealthy": cap.cluster.unhealthy,
+                "gpus_pending_recovery": cap.cluster.pending_recovery,
+            },
+            "by_instance_type": {
+                itype: {"nodes": c.nodes, "gpus_total": c.total, "gpus_healthy": c.healthy,
+                        "gpus_unhealthy": c.unhealthy, "gpus_pending_recovery": c.pending_recovery}
+                for itype, c in sorted(cap.by_instance_type.items())
+            },
+            "utilization_pct": self._utilization(),
+            "remediation_paused": health.remediation_paused,
+            "paused_reason": health.paused_reason,
+            "leader": self._acting,
+            "dry_run": self.settings.dry_run,
+            "ingest": {
+                "connected": stats.connected, "accepted": stats.accepted,
+                "rejected": stats.rejected, "accepted_per_s": round(stats.accepted_per_s, 1),
+            },
+            "ts": self.clock(),
+        }
+
+    def _utilization(self) -> float | None:
+        values = [g.utilization_pct for r in self.model.nodes() for g in r.gpus
+                  if g.utilization_pct is not None]
+        return round(sum(values) / len(values), 1) if values else None
+
+    def _node_json(self, r: NodeRecord) -> Json:
+        return {
+            "name": r.name, "lifecycle": r.lifecycle.value, "since": r.lifecycle_since,
+            "health": r.health.value, "action": r.action.value,
+            "reason": r.message or r.reason, "schedulable": r.in_service,
+            "gpus_total": r.gpus_total, "gpus_healthy": r.gpus_healthy,
+            "instance_type": r.instance_type, "agent": "online" if r.agent_online else "offline",
+            "last_seen": r.last_seen, "boot_id": r.boot_id, "hold": r.hold,
+        }
+
+    def nodes(self) -> list[Json]:
+        return [self._node_json(r) for r in sorted(self.model.nodes(), key=lambda r: r.name)]
+
+    def node(self, name: str) -> Json | None:
+        r = self.model.node(name)
+        if r is None:
+            return None
+        body = self._node_json(r)
+        body["gpus"] = [
+            {"index": g.index, "uuid": g.uuid, "health": g.health.value, "action": g.action.value,
+             "lost": g.lost, "utilization_pct": g.utilization_pct,
+             "memory_used_bytes": g.memory_used_bytes, "memory_total_bytes": g.memory_total_bytes,
+             "processes": g.process_count}
+            for g in r.gpus
+        ]
+        body["findings"] = [to_builtins(f) for f in r.findings]
+        body["last_event"] = None if r.last_event is None else {
+            "code": r.last_event.code, "severity": r.last_event.severity.value,
+            "action": r.last_event.action.value, "gpu_index": r.last_event.gpu_index,
+            "at": r.last_event.at,
+        }
+        body["driver_version"] = r.driver_version
+        return body
+
+    def audit(self, since: float | None, node: str | None, limit: int) -> list[Json]:
+        return [
+            {"id": e.id, "ts": e.ts, "kind": e.kind.value, "actor": e.actor, "node": e.node,
+             "task": e.task, "team": e.team, "action": e.action, "reason": e.reason,
+             "details": dict(e.details), "outcome": e.outcome, "dry_run": e.dry_run,
+             "started_id": e.started_id}
+            for e in self.audit_log.query(since=since, node=node, limit=limit)
+        ]
+
+    def teams(self) -> list[Json]:
+        return []
+
+    def tasks(self) -> list[Json]:
+        return []
+
+    def priority_classes(self) -> list[Json]:
+        return []
+
+    async def clear(self, node: str, actor: str, reason: str) -> Json:
+        return await self._operator("clear", node, actor, reason)
+
+    async def hold(self, node: str, actor: str, reason: str) -> Json:
+        return await self._operator("hold", node, actor, reason)
+
+    async def _operator(self, verb: str, node: str, actor: str, reason: str) -> Json:
+        if not await self.remediator.operator(verb, node, actor, reason):
+            raise UnknownNode(node)
+        log.warning("operator action", verb=verb, node=node, actor=actor, reason=reason)
+        return {"node": node, "accepted": verb, "note": "applied on the next decision"}
+
