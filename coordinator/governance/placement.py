@@ -1,0 +1,90 @@
+"""Best-fit placement of a gang's pods onto nodes' free healthy GPUs.
+
+On Kubernetes the scheduler places pods and the engine decides counts only; the simulated
+cluster (and the engine, when it is given capacity per node) uses this to know a gang fits
+at all. Each pod goes to the node with the fewest free GPUs that still holds it (ties: the
+node whose name sorts first), largest pods first, so whole nodes stay free for big pods.
+Nodes are kept in buckets by free count, so a placement costs O(pods x distinct counts).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+
+
+class FreeGpus:
+    """Free GPUs per node, updated as placements are made."""
+
+    def __init__(self, free: Mapping[str, int]) -> None:
+        self._free: dict[str, int] = {}
+        self._buckets: dict[int, list[str]] = {}
+        self._total = 0
+        for node in sorted(free):
+            count = free[node]
+            if count > 0:
+                self._free[node] = count
+                self._buckets.setdefault(count, []).append(node)
+                self._total += count
+        self._counts = sorted(self._buckets)
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    def free_on(self, node: str) -> int:
+        return self._free.get(node, 0)
+
+    def place(self, pod_gpus: Sequence[int]) -> dict[str, int] | None:
+        """Place all pods or none: GPUs per node, or None (nothing changes) when the gang
+        does not fit."""
+        wanted = sorted((gpus for gpus in pod_gpus if gpus > 0), reverse=True)
+        if sum(wanted) > self._total:
+            return None
+        taken: list[tuple[str, int]] = []
+        for gpus in wanted:
+            node = self._best_fit(gpus)
+            if node is None:
+                for undo_node, undo_gpus in reversed(taken):
+                    self._adjust(undo_node, undo_gpus)
+                return None
+            self._adjust(node, -gpus)
+            taken.append((node, gpus))
+        placed: dict[str, int] = {}
+        for node, gpus in taken:
+            placed[node] = placed.get(node, 0) + gpus
+        return placed
+
+    def release(self, nodes: Mapping[str, int]) -> None:
+        for node, gpus in nodes.items():
+            self._adjust(node, gpus)
+
+    def _best_fit(self, gpus: int) -> str | None:
+        start = bisect.bisect_left(self._counts, gpus)
+        for count in self._counts[start:]:
+            bucket = self._buckets[count]
+            if bucket:
+                return bucket[0]
+        return None
+
+    def _adjust(self, node: str, delta: int) -> None:
+        before = self._free.get(node, 0)
+        after = before + delta
+        if before > 0:
+            bucket = self._buckets[before]
+            del bucket[bisect.bisect_left(bucket, node)]
+        if after > 0:
+            self._free[node] = after
+            if after not in self._buckets:
+                self._buckets[after] = []
+                bisect.insort(self._counts, after)
+            bisect.insort(self._buckets[after], node)
+        else:
+            self._free.pop(node, None)
+        self._total += delta
+
+
+def best_fit(pod_gpus: Sequence[int], free: Mapping[str, int]) -> dict[str, int] | None:
+    """GPUs per node for the gang's pods on ``free`` GPUs per node, or None if it does not
+    fit. Pure: ``free`` is not changed."""
+    return FreeGpus(free).place(pod_gpus)
