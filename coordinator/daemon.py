@@ -21,12 +21,13 @@ from coordinator.alerts import AlertSender
 from coordinator.api import Json, UnknownNode
 from coordinator.audit import AuditLog
 from coordinator.ingest import IngestGate, Ingestor
-from coordinator.lifecycle import LifecycleConfig
+from coordinator.lifecycle import FAULT_STATES, LifecycleConfig, Transition
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import ClusterModel, NodeRecord
-from coordinator.remediator import RemediationConfig, Remediator, TransitionHook
+from coordinator.remediator import RemediationConfig, Remediator
 from coordinator.safety import SafetyGate
 from coordinator.settings import CoordinatorSettings
+from coordinator.task_governance import TaskGovernance
 from gpuwarden_common.wire import (
     ClusterHealthMessage,
     EventMessage,
@@ -65,7 +66,7 @@ class Coordinator:
         audit: AuditLog,
         registry: CollectorRegistry | None = None,
         leadership: Leadership | None = None,
-        on_transition: TransitionHook | None = None,
+        governance: TaskGovernance | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -73,6 +74,7 @@ class Coordinator:
         self.actuator = actuator
         self.audit_log = audit
         self.leadership: Leadership = leadership or AlwaysLeader()
+        self.governance = governance
         self.clock = clock
         self.model = ClusterModel(max_report_gap_s=settings.offline_grace_s)
         self.metrics = CoordinatorMetrics(self.registry)
@@ -90,6 +92,8 @@ class Coordinator:
             recovery_stable_s=settings.recovery_stable_s,
         )
         self._acting = False
+        self._leading = asyncio.Event()
+        self._standing_by = asyncio.Event()
         self.remediator = Remediator(
             self.model, actuator, audit,
             SafetyGate(settings.max_unhealthy, settings.max_remediations_per_minute),
@@ -97,7 +101,7 @@ class Coordinator:
             RemediationConfig(actor=settings.identity, lifecycle=self.lifecycle,
                               dry_run=settings.dry_run),
             is_leader=lambda: self._acting,
-            on_transition=on_transition,
+            on_transition=self._transitioned,
             on_node_changed=self._node_changed,
             clock=clock,
         )
@@ -124,6 +128,13 @@ class Coordinator:
     def _node_changed(self, record: NodeRecord) -> None:
         self._verdicts_due.add(record.name)
         self._feed_wake.set()
+
+    async def _transitioned(self, t: Transition, record: NodeRecord) -> None:
+        if self.governance is None:
+            return
+        self.governance.set_capacity(self.model.healthy_gpus_by_node())
+        if t.removes_from_service or (t.target in FAULT_STATES and t.source != t.target):
+            await self.governance.on_node_out(t.node, t.message)
 
     def verdict_of(self, record: NodeRecord) -> NodeVerdictMessage:
         return NodeVerdictMessage(
@@ -180,12 +191,16 @@ class Coordinator:
             if leading and not self._acting:
                 await self.remediator.restore()
                 self._acting = True
+                self._standing_by.clear()
+                self._leading.set()
                 self.metrics.leader.set(1)
                 log.info("leading: acting on the fleet", identity=self.settings.identity)
                 for record in self.model.nodes():
                     self._node_changed(record)
             elif not leading and self._acting:
                 self._acting = False
+                self._leading.clear()
+                self._standing_by.set()
                 self.metrics.leader.set(0)
                 log.warning("lost leadership: standing by", identity=self.settings.identity)
             await asyncio.sleep(0.2)
@@ -202,6 +217,21 @@ class Coordinator:
             tg.create_task(self._follow_leadership(), name="leadership")
             tg.create_task(self.remediator.run(), name="remediation")
             tg.create_task(self._feed(), name="feed")
+            if self.governance is not None:
+                tg.create_task(self._govern(), name="governance")
+
+    async def _govern(self) -> None:
+        """Task governance acts only while this replica leads, on the model's capacity."""
+        governance = self.governance
+        assert governance is not None
+        while True:
+            await self._leading.wait()
+            governance.set_capacity(self.model.healthy_gpus_by_node())
+            task = asyncio.create_task(governance.run(), name="governance-run")
+            await self._standing_by.wait()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # --- API backend ----------------------------------------------------------------------
     def health(self) -> tuple[bool, Json]:
@@ -291,13 +321,13 @@ class Coordinator:
         ]
 
     def teams(self) -> list[Json]:
-        return []
+        return self.governance.teams() if self.governance else []
 
     def tasks(self) -> list[Json]:
-        return []
+        return self.governance.tasks() if self.governance else []
 
     def priority_classes(self) -> list[Json]:
-        return []
+        return self.governance.priority_classes() if self.governance else []
 
     async def clear(self, node: str, actor: str, reason: str) -> Json:
         return await self._operator("clear", node, actor, reason)

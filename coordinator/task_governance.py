@@ -1,0 +1,77 @@
+"""The coordinator's side of task governance: one interface for where tasks live
+(Kubernetes pods, or the built-in simulated cluster) and the API views of its state.
+
+The engine (``coordinator.governance``) decides; an implementation of
+:class:`TaskGovernance` feeds it capacity and tasks and carries out its decisions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from coordinator.governance.observe import class_summaries, team_summaries
+from coordinator.governance.policy import Policy
+from coordinator.governance.tasks import GovernanceState
+
+Json = dict[str, Any]
+
+
+class TaskGovernance(Protocol):
+    def teams(self) -> list[Json]: ...
+    def tasks(self) -> list[Json]: ...
+    def priority_classes(self) -> list[Json]: ...
+
+    def set_capacity(self, healthy_gpus_by_node: dict[str, int]) -> None:
+        """The coordinator's model changed: GPUs on nodes out of service no longer count."""
+        ...
+
+    async def on_node_out(self, node: str, reason: str) -> None:
+        """``node`` was taken out for recovery: requeue (or fail) the tasks on it."""
+        ...
+
+    async def run(self) -> None:
+        """Decide and act until cancelled."""
+        ...
+
+
+def teams_json(state: GovernanceState, policy: Policy, utilization: dict[str, float]) -> list[Json]:
+    """``utilization``: team -> mean GPU utilization (percent) of its running tasks' GPUs,
+    from the agents' per-process data where the caller has it."""
+    return [
+        {
+            "name": t.team, "namespace": t.namespace, "quota": t.quota, "guarantee": t.guarantee,
+            "allocated": t.allocated, "in_use": t.in_use, "borrowed": t.borrowed, "lent": t.lent,
+            "pending_tasks": t.pending_tasks, "utilization_pct": utilization.get(t.team),
+        }
+        for t in team_summaries(state, policy)
+    ]
+
+
+def classes_json(state: GovernanceState, policy: Policy, now: float) -> list[Json]:
+    weights = policy.class_weights()
+    return [
+        {
+            "name": c.priority_class, "weight": weights.get(c.priority_class),
+            "running": c.running, "pending": c.pending, "preempted": c.preempted,
+            "avg_wait_s": round(c.avg_wait_s, 1), "avg_run_s": round(c.avg_run_s, 1),
+            "longest_wait_s": round(c.longest_wait_s, 1),
+            "longest_run_s": round(c.longest_run_s, 1),
+        }
+        for c in class_summaries(state, policy, now)
+    ]
+
+
+def tasks_json(state: GovernanceState, policy: Policy) -> list[Json]:
+    out = []
+    for task in sorted(state.tasks.values(), key=lambda t: (t.queued_at, t.key)):
+        team = policy.team_for_namespace(task.namespace)
+        out.append({
+            "task": task.key, "team": team.name if team else None,
+            "priority_class": task.priority_class, "gpus": task.gpus, "size": task.size,
+            "state": task.state.value, "queued_at": task.queued_at,
+            "admitted_at": task.admitted_at, "started_at": task.started_at,
+            "last_checkpoint": task.last_checkpoint, "requeues": task.requeue_count,
+            "times_preempted": task.times_preempted, "preempted_by": task.preempted_by,
+            "nodes": dict(task.placement), "reason": task.reason,
+        })
+    return out
