@@ -64,43 +64,6 @@ async def _amain(settings: AgentSettings) -> int:
         sys.stdout.write(encode(state).decode() + "\n")
         return 0
 
-    spool: Spool = DirectorySpool(settings.spool_dir) if settings.spool_dir else MemorySpool()
-    publisher = Publisher(
-        settings.broker,
-        agent.stamp,
-        spool,
-        on_published=lambda kind: agent.metrics.published.labels(kind.value).inc(),
-        on_connection=lambda up: agent.metrics.broker_connected.set(1 if up else 0),
-    )
-    agent.publisher = publisher
-    agent.start_watchers()
-    runner = None
-    if settings.http is not None:
-        app = build_app(
-            agent.metrics.registry,
-            lambda: Liveness(
-                agent.last_sample_ts,
-                settings.interval_s,
-                publisher.connected,
-                publisher.spool_depth(),
-            ),
-        )
-        try:
-            runner = await serve(app, settings.http.host, settings.http.port)
-        except OSError as exc:
-            raise StartupError(
-                f"--http {settings.http.host}:{settings.http.port}: cannot listen ({exc}); "
-                "pick another port or --http off"
-            ) from None
-    log.info(
-        "agent started",
-        node=settings.node,
-        cluster=settings.cluster,
-        broker=settings.broker.display,
-        gpus=len(agent.collector.identities),
-        backend=settings.gpu_backend,
-    )
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = {"count": 0}
@@ -115,29 +78,77 @@ async def _amain(settings: AgentSettings) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-
     try:
+        await serve_agent(agent, stop)
+    finally:
+        if player is not None:
+            player.stop()
+    return 0
+
+
+async def serve_agent(agent: Agent, stop: asyncio.Event, *, say_goodbye: bool = True) -> None:
+    """Run a started agent (NVML up) until ``stop``: publisher, watchers, HTTP, sample loop.
+
+    ``say_goodbye=False`` leaves without the offline status, as a crashed or cut-off agent
+    would (the demo uses it to show a node going silent).
+    """
+    settings = agent.settings
+    spool: Spool = DirectorySpool(settings.spool_dir) if settings.spool_dir else MemorySpool()
+    publisher = Publisher(
+        settings.broker,
+        agent.stamp,
+        spool,
+        on_published=lambda kind: agent.metrics.published.labels(kind.value).inc(),
+        on_connection=lambda up: agent.metrics.broker_connected.set(1 if up else 0),
+    )
+    agent.publisher = publisher
+    agent.start_watchers()
+    runner = None
+    try:
+        if settings.http is not None:
+            app = build_app(
+                agent.metrics.registry,
+                lambda: Liveness(
+                    agent.last_sample_ts,
+                    settings.interval_s,
+                    publisher.connected,
+                    publisher.spool_depth(),
+                ),
+            )
+            try:
+                runner = await serve(app, settings.http.host, settings.http.port)
+            except OSError as exc:
+                raise StartupError(
+                    f"--http {settings.http.host}:{settings.http.port}: cannot listen ({exc}); "
+                    "pick another port or --http off"
+                ) from None
+        log.info(
+            "agent started",
+            node=settings.node,
+            cluster=settings.cluster,
+            broker=settings.broker.display,
+            gpus=len(agent.collector.identities),
+            backend=settings.gpu_backend,
+        )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(agent.run(stop), name="sample-loop")
             pub_task = tg.create_task(publisher.run(), name="publisher")
             await stop.wait()
-            # let spooled events drain briefly, say offline, then stop
-            try:
-                async with asyncio.timeout(SHUTDOWN_DEADLINE_S):
-                    if publisher.connected and publisher.spool_depth() > 0:
-                        await publisher.wait_drained()
-                    await publisher.say_offline()
-            except TimeoutError:
-                log.warning("shutdown deadline passed", spooled=publisher.spool_depth())
+            if say_goodbye:
+                # let spooled events drain briefly, say offline, then stop
+                try:
+                    async with asyncio.timeout(SHUTDOWN_DEADLINE_S):
+                        if publisher.connected and publisher.spool_depth() > 0:
+                            await publisher.wait_drained()
+                        await publisher.say_offline()
+                except TimeoutError:
+                    log.warning("shutdown deadline passed", spooled=publisher.spool_depth())
             pub_task.cancel()
     finally:
         agent.stop_watchers()
-        if player is not None:
-            player.stop()
         if runner is not None:
             await runner.cleanup()
         await asyncio.to_thread(agent.collector.shutdown)
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -68,7 +68,6 @@ class Agent:
         *,
         boot_id: str,
         metrics: AgentMetrics | None = None,
-        publisher_factory: Callable[[Stamp], Publisher] | None = None,
         deadline: CollectDeadline = CollectDeadline(),
     ) -> None:
         self.settings = settings
@@ -81,7 +80,6 @@ class Agent:
         self._runner = CheckRunner(
             default_checks(self._table, XidHistory(settings.xid_history, boot_id=boot_id))
         )
-        self._publisher_factory = publisher_factory
         self.publisher: Publisher | None = None
         self._pending_xids: list[XidEvent] = []
         self._pending_bus: list[BusFault] = []

@@ -237,6 +237,16 @@ class SimCluster:
         self._fault(node, repair_s)
         self._govern()
 
+    def repair_node(self, node: str) -> None:
+        """Bring ``node`` back now, before its repair time (the coordinator returned it)."""
+        if node not in self._node_gpus:
+            raise KeyError(f"no node {node!r}")
+        self._repair(node)
+        self._govern()
+
+    def is_down(self, node: str) -> bool:
+        return node in self._down_until
+
     # -- views -------------------------------------------------------------------------------
 
     def nodes(self) -> list[NodeView]:
