@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 
-def configure(level: str = "info", *, json: bool | None = None) -> None:
-    """JSON lines when stderr is not a terminal (journald, kubectl logs), colours when it is."""
+def configure(level: str = "info", *, json: bool | None = None, file: TextIO | None = None) -> None:
+    """JSON lines when stderr is not a terminal (journald, kubectl logs), colours when it is.
+    ``file`` sends the lines elsewhere (the demo keeps its terminal for the live view)."""
+    out = file or sys.stderr
     if json is None:
-        json = not sys.stderr.isatty()
+        json = not out.isatty()
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     )
@@ -26,6 +29,6 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
