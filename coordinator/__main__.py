@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -34,8 +34,8 @@ class StartupError(RuntimeError):
 
 def static_dir() -> str | None:
     """The packaged dashboard, if this install has it."""
-    path = resources.files("coordinator").joinpath("static")
-    return str(path) if path.joinpath("index.html").is_file() else None
+    path = Path(__file__).parent / "static"
+    return str(path) if (path / "index.html").is_file() else None
 
 
 def _kube_parts(settings: CoordinatorSettings) -> tuple[Actuator, Any]:

@@ -72,7 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "tasks":
         return _read(command, rest, "/api/v1/tasks",
                      lambda c, d: client.render_rows(c, "tasks", d["tasks"]))
-    if command in {"policy", "checkpoint", "demo"}:
+    if command == "demo":
+        from coordinator.demo import main as demo  # noqa: PLC0415
+
+        return demo(rest)
+    if command in {"policy", "checkpoint"}:
         handler = _EXTRA.get(command)
         if handler is not None:
             return handler(rest)

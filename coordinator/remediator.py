@@ -139,6 +139,14 @@ class Remediator:
         if transition is None:
             return None
         if transition.mark is None:  # suspect and back: the coordinator's own doubt
+            await self._audit(AuditEntry(
+                kind=AuditKind.DECISION, actor=self.config.actor, node=name,
+                action=transition.target.value,
+                reason=f"{transition.reason.value}: {transition.message}",
+                details={"source": transition.source.value, "target": transition.target.value,
+                         "mark": None, "boot_id": record.boot_id},
+                dry_run=self.config.dry_run,
+            ))
             self._apply(transition, record, now)
             return transition
         verdict = self.gate.admit(
