@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from agent.nvml_collector import NvmlUnavailable
 from agent.publisher import Publisher
 from agent.settings import AgentSettings, parse_settings
 from agent.spool import DirectorySpool, MemorySpool, Spool
-from gpuwarden_common import logs
+from gpuwarden_common import logs, sdnotify
 from gpuwarden_common.flags import SettingsError
 from gpuwarden_common.wire import encode
 
@@ -130,10 +131,20 @@ async def serve_agent(agent: Agent, stop: asyncio.Event, *, say_goodbye: bool = 
             gpus=len(agent.collector.identities),
             backend=settings.gpu_backend,
         )
+        sdnotify.ready()
+        sdnotify.status(
+            f"{len(agent.collector.identities)} GPUs, broker {settings.broker.display}"
+        )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(agent.run(stop), name="sample-loop")
             pub_task = tg.create_task(publisher.run(), name="publisher")
+            # systemd's watchdog is fed only while samples keep coming (the /healthz rule),
+            # so an agent stuck in the driver gets restarted
+            watchdog = tg.create_task(
+                sdnotify.run_watchdog(lambda: _alive(agent)), name="sd-watchdog"
+            )
             await stop.wait()
+            sdnotify.stopping()
             if say_goodbye:
                 # let spooled events drain briefly, say offline, then stop
                 try:
@@ -144,11 +155,17 @@ async def serve_agent(agent: Agent, stop: asyncio.Event, *, say_goodbye: bool = 
                 except TimeoutError:
                     log.warning("shutdown deadline passed", spooled=publisher.spool_depth())
             pub_task.cancel()
+            watchdog.cancel()
     finally:
         agent.stop_watchers()
         if runner is not None:
             await runner.cleanup()
         await asyncio.to_thread(agent.collector.shutdown)
+
+
+def _alive(agent: Agent) -> bool:
+    age = time.time() - agent.last_sample_ts
+    return agent.last_sample_ts > 0 and age < 3 * agent.settings.interval_s + 30
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -343,7 +343,9 @@ class Agent:
                 next_publish = now + self.settings.interval_s
                 if changed:
                     log.info("node health", health=state.health.value, action=state.action.value)
-            self.metrics.spool_depth.set(self.publisher.spool_depth() if self.publisher else 0)
+            if self.publisher is not None:
+                self.metrics.spool_depth.set(self.publisher.spool_depth())
+                self.metrics.spool_dropped.set(self.publisher.spool_dropped())
             with contextlib.suppress(TimeoutError):
                 waiters = {
                     asyncio.ensure_future(self._wake.wait()),

@@ -117,6 +117,9 @@ class Publisher:
     def spool_depth(self) -> int:
         return len(self._spool)
 
+    def spool_dropped(self) -> int:
+        return self._spool.dropped
+
     # --- the connection loop --------------------------------------------------------------
     def _status(self, status: str) -> bytes:
         return encode(StatusMessage(**self._stamp.next(), status=status))  # type: ignore[arg-type]
