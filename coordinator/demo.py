@@ -60,11 +60,11 @@ class Step:
 
 
 SCHEDULE = (
-    Step(15, "gpu-node-003", "xid", 2, 79, "XID 79 on gpu-node-003 GPU 2: fallen off the bus"),
+    Step(15, "gpu-node-009", "xid", 2, 79, "XID 79 on gpu-node-009 GPU 2: fallen off the bus"),
     Step(30, "gpu-node-010", "ecc_dbe", 5, None, "ECC double-bit error on gpu-node-010 GPU 5"),
     Step(45, "gpu-node-011", "remap_failure", 1, None, "row-remap failure on gpu-node-011 GPU 1"),
     Step(60, "gpu-node-014", "silence", say="gpu-node-014's agent goes silent"),
-    Step(80, "gpu-node-003", "reboot", say="gpu-node-003 reboots (new boot, faults gone)"),
+    Step(80, "gpu-node-009", "reboot", say="gpu-node-009 reboots (new boot, faults gone)"),
     Step(100, "gpu-node-014", "return", say="gpu-node-014's agent is back"),
     Step(110, "gpu-node-010", "reboot", say="gpu-node-010 reboots"),
 )
