@@ -19,6 +19,7 @@ from agent.nvml_collector import NvmlUnavailable
 from agent.publisher import Publisher
 from agent.settings import AgentSettings, parse_settings
 from agent.spool import DirectorySpool, MemorySpool, Spool
+from agent.xid_table import XidTableError
 from gpuwarden_common import logs, sdnotify
 from gpuwarden_common.flags import SettingsError
 from gpuwarden_common.wire import encode
@@ -53,7 +54,10 @@ def nvml_backend(settings: AgentSettings) -> tuple[Any, Any]:
 
 async def _amain(settings: AgentSettings) -> int:
     nvml, player = nvml_backend(settings)
-    agent = Agent(settings, nvml, boot_id=read_boot_id())
+    try:
+        agent = Agent(settings, nvml, boot_id=read_boot_id())
+    except XidTableError as exc:
+        raise StartupError(f"--xid-table: {exc}") from None
     try:
         await agent.start_nvml()
     except NvmlUnavailable as exc:

@@ -1,0 +1,48 @@
+"""What an operator sees from `gpuwarden-agent` on the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from gpuwarden_common.wire import Kind, StateMessage, decode, node_topic
+
+
+def _agent(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "--http", "off", "--kmsg", "off", *args],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_without_nvml_the_agent_exits_2_with_one_line_that_says_what_to_do() -> None:
+    # this machine has no NVIDIA driver: the real backend cannot start
+    done = _agent("--once")
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("gpuwarden-agent: ") and "NVML" in last
+    assert "--gpu-backend sim" in last
+    assert "Traceback" not in done.stderr
+
+
+def test_once_prints_a_state_message_that_the_coordinator_accepts() -> None:
+    done = _agent("--once", "--gpu-backend", "sim", "--node", "n1", "--cluster", "c1")
+    assert done.returncode == 0, done.stderr
+    msg = decode(node_topic("c1", "n1", Kind.STATE), done.stdout.strip())
+    assert isinstance(msg, StateMessage)
+    assert len(msg.gpus) == 8 and msg.health.value == "healthy"
+
+
+def test_a_bad_broker_url_is_refused_with_an_example() -> None:
+    done = _agent("--broker", "localhost:1883")
+    assert done.returncode == 2
+    assert "mqtt://" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_bad_xid_table_names_the_file_the_code_and_the_field(tmp_path: Path) -> None:
+    table = tmp_path / "xid.yaml"
+    table.write_text("xids:\n  94:\n    severity: bogus\n")
+    done = _agent("--once", "--gpu-backend", "sim", "--xid-table", str(table))
+    assert done.returncode == 2
+    assert str(table) in done.stderr and "94" in done.stderr and "severity" in done.stderr
