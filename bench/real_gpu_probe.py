@@ -31,6 +31,14 @@ from typing import Any
 import aiomqtt
 import psutil
 
+from agent.daemon import Agent
+from agent.nvml_collector import GpuCollector
+from agent.settings import parse_settings
+from agent.sim.fake_pynvml import FakeNvml
+from agent.xid_events import XidEventWatcher
+from coordinator.embedded_broker import EmbeddedBroker
+from gpuwarden_common.wire import encode
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -43,10 +51,9 @@ SIM: list[str] = []  # ["--gpu-backend", "sim"] with --sim: rehearse this script
 
 def nvml_module() -> Any:
     if SIM:
-        from agent.sim.fake_pynvml import FakeNvml
 
         return FakeNvml(gpus=8)
-    import pynvml
+    import pynvml  # noqa: PLC0415 - only the real run needs the driver's bindings
 
     return pynvml
 
@@ -56,7 +63,7 @@ def run_once(out: Path) -> dict[str, Any]:
     t = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "agent", "--once", "--http", "off", "--kmsg", "off", *SIM],
-        capture_output=True, timeout=120, cwd=ROOT,
+        capture_output=True, timeout=120, cwd=ROOT, check=False,
     )
     wall = time.perf_counter() - t
     (out / "once.json").write_bytes(proc.stdout)
@@ -73,11 +80,6 @@ def run_once(out: Path) -> dict[str, Any]:
 
 
 def in_process_timings() -> dict[str, Any]:
-    from agent.daemon import Agent
-    from agent.nvml_collector import GpuCollector
-    from agent.settings import parse_settings
-    from agent.xid_events import XidEventWatcher
-    from gpuwarden_common.wire import encode
 
     say("in-process collector timings")
     pynvml = nvml_module()
@@ -138,6 +140,11 @@ def in_process_timings() -> dict[str, Any]:
     }
 
 
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
 def gpu_load(seconds: float) -> subprocess.Popen[bytes] | None:
     code = (
         "import time, torch\n"
@@ -154,7 +161,6 @@ def gpu_load(seconds: float) -> subprocess.Popen[bytes] | None:
 
 
 async def run_fleet(out: Path, seconds: float) -> dict[str, Any]:
-    from coordinator.embedded_broker import EmbeddedBroker
 
     port = 18830
     broker = EmbeddedBroker("127.0.0.1", port)
@@ -172,7 +178,7 @@ async def run_fleet(out: Path, seconds: float) -> dict[str, Any]:
     await asyncio.sleep(0.5)
     say(f"agent run for {seconds:.0f}s, publishing to the embedded broker")
     log = (out / "agent-run.log").open("wb")
-    agent = subprocess.Popen(
+    agent = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block; waits are threaded
         [sys.executable, "-m", "agent", "--broker", f"mqtt://127.0.0.1:{port}", "--cluster",
          "probe", "--node", "gpu-probe", "--interval", "10", "--http", "127.0.0.1:9402",
          "--spool", "/tmp/gpuwarden-probe-spool", *SIM],
@@ -197,8 +203,8 @@ async def run_fleet(out: Path, seconds: float) -> dict[str, Any]:
     tw1 = time.monotonic()
     metrics = healthz = ""
     with contextlib.suppress(OSError):
-        metrics = urllib.request.urlopen("http://127.0.0.1:9402/metrics", timeout=5).read().decode()
-        healthz = urllib.request.urlopen("http://127.0.0.1:9402/healthz", timeout=5).read().decode()
+        metrics = await asyncio.to_thread(_fetch, "http://127.0.0.1:9402/metrics")
+        healthz = await asyncio.to_thread(_fetch, "http://127.0.0.1:9402/healthz")
     (out / "metrics.txt").write_text(metrics)
     agent.send_signal(signal.SIGTERM)
     # waited for off the loop: the embedded broker runs on this loop and must keep answering
@@ -247,12 +253,12 @@ def main() -> int:
     if args.sim:
         SIM.extend(["--gpu-backend", "sim"])
     args.out.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(ROOT))
     summary: dict[str, Any] = {"python": sys.version.split()[0]}
     with contextlib.suppress(Exception):
         summary["nvidia_smi"] = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,pci.bus_id",
-             "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout.strip()
+             "--format=csv,noheader"], capture_output=True, text=True, timeout=30, check=False,
+        ).stdout.strip()
     for name, step in (("once", lambda: run_once(args.out)),
                        ("in_process", in_process_timings),
                        ("run", lambda: asyncio.run(run_fleet(args.out, args.seconds)))):

@@ -80,11 +80,13 @@ async def test_state_is_published_retained_and_only_the_latest_matters(
 
 async def test_events_arrive_in_the_order_they_were_raised(mosquitto: Mosquitto) -> None:
     pub, stamp = _publisher(mosquitto)
-    async with listening(mosquitto.port, "gpuwarden/v1/c1/nodes/+/events") as heard:
-        async with running(pub):
-            for n in range(20):
-                pub.publish_event(_event(stamp, n))
-            msgs = await heard.wait_for(lambda m: len(m) >= 20)
+    async with (
+        listening(mosquitto.port, "gpuwarden/v1/c1/nodes/+/events") as heard,
+        running(pub),
+    ):
+        for n in range(20):
+            pub.publish_event(_event(stamp, n))
+        msgs = await heard.wait_for(lambda m: len(m) >= 20)
     assert [m.json()["message"] for m in msgs] == [f"fault {n}" for n in range(20)]
 
 
