@@ -21,23 +21,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import random
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.daemon import Agent
 from agent.publisher import Publisher
@@ -45,11 +40,18 @@ from agent.settings import parse_settings
 from agent.sim.fake_pynvml import FakeNvml
 from agent.spool import DirectorySpool, MemorySpool, Spool
 from agent.xid_table import XidTable
-from gpuwarden_common import logs
+from bench._common import (
+    CLUSTER,
+    close_paho,
+    paho_subscriber,
+    percentile,
+    progress,
+    quiet_product_logs,
+    scratch_broker,
+    summary,
+)
 from gpuwarden_common.wire import EventKind, EventMessage, Kind, decode, node_topic
-from tests.brokers import running_mosquitto
 
-CLUSTER = "bench"
 NODE = "bench-node"
 GPUS = 8
 TARGET_P99_MS = 50.0
@@ -74,21 +76,12 @@ class EventListener:
         self._lock = threading.Lock()
         self._waiting: dict[FaultKey, threading.Event] = {}
         self._arrived: dict[FaultKey, Arrival] = {}
-        self._subscribed = threading.Event()
         self.other_events = 0
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-listener")
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = lambda *_args: self._subscribed.set()
-        self._client.on_message = self._on_message
-        self._client.connect("127.0.0.1", port)
-        self._client.loop_start()
-        if not self._subscribed.wait(10):
-            raise RuntimeError("the listener could not subscribe")
+        self._client = paho_subscriber(
+            port, "bench-listener", node_topic(CLUSTER, NODE, Kind.EVENTS), self._on_message
+        )
 
-    def _on_connect(self, client: paho.Client, *_args: Any) -> None:
-        client.subscribe(node_topic(CLUSTER, NODE, Kind.EVENTS), qos=1)
-
-    def _on_message(self, _client: paho.Client, _userdata: Any, message: Any) -> None:
+    def _on_message(self, message: paho.MQTTMessage) -> None:
         now, wall = time.monotonic(), time.time()
         msg = decode(message.topic, message.payload)
         if not isinstance(msg, EventMessage) or msg.kind is not EventKind.XID:
@@ -112,8 +105,7 @@ class EventListener:
             return self._arrived[key]
 
     def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        close_paho(self._client)
 
 
 @dataclass
@@ -137,7 +129,7 @@ def drive(fake: FakeNvml, listener: EventListener, faults: int, seed: int) -> Re
     rng = random.Random(seed)
     results = Results([], [], [])
     last_injected: dict[FaultKey, float] = {}
-    step = max(1, faults // 4)
+    report = progress(faults, lambda done: f"  {done}/{faults} faults injected")
     for n, key in enumerate(fault_plan(faults, rng), 1):
         since = time.monotonic() - last_injected.get(key, -REPEAT_AFTER_S)
         if since < REPEAT_AFTER_S:
@@ -157,25 +149,9 @@ def drive(fake: FakeNvml, listener: EventListener, faults: int, seed: int) -> Re
                 results.to_broker_ms.append((arrival.wall - arrival.observed_ts) * 1000)
         else:
             results.lost += 1
-        if n % step == 0:
-            print(f"  {n}/{faults} faults injected", flush=True)
+        report(n)
         time.sleep(rng.uniform(0.02, 0.08))
     return results
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
-    return ordered[rank]
-
-
-def summary(values: list[float]) -> str:
-    if not values:
-        return "no samples"
-    return (
-        f"p50 {statistics.median(values):.1f} ms, p99 {percentile(values, 99):.1f} ms, "
-        f"max {max(values):.1f} ms"
-    )
 
 
 async def run_agent(args: argparse.Namespace, tmp: Path, broker_url: str, port: int) -> Results:
@@ -222,16 +198,13 @@ async def run_agent(args: argparse.Namespace, tmp: Path, broker_url: str, port: 
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    with (
-        tempfile.TemporaryDirectory(prefix="gpuwarden-bench-") as tmp,
-        running_mosquitto(Path(tmp) / "mosquitto") as broker,
-    ):
+    with scratch_broker() as (tmp, broker):
         print(
             f"broker on port {broker.port}; agent in-process with {GPUS} simulated GPUs, "
             f"{args.spool} spool; {args.faults} XIDs, one at a time",
             flush=True,
         )
-        results = await run_agent(args, Path(tmp), broker.url, broker.port)
+        results = await run_agent(args, tmp, broker.url, broker.port)
     print(f"  injection -> subscriber:  {summary(results.total_ms)}", flush=True)
     print(f"  injection -> watcher:     {summary(results.to_watcher_ms)}", flush=True)
     print(f"  watcher -> subscriber:    {summary(results.to_broker_ms)}", flush=True)
@@ -262,9 +235,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     # the agent logs every fault (JSON, as in production); keep it off the report
-    sink = open(os.devnull, "w")  # noqa: SIM115 - the loggers write to it until exit
-    with contextlib.redirect_stderr(sink):
-        logs.configure("info", json=True)
+    quiet_product_logs()
     sys.exit(asyncio.run(main_async(args)))
 
 

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import statistics
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -30,8 +29,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import psutil
 
+from bench._common import scratch_broker
 from tests.agent_process import agent_process
-from tests.brokers import free_port, running_mosquitto
+from tests.brokers import free_port
 
 TARGET_CPU_PCT = 1.0
 TARGET_RSS_MIB = 60.0
@@ -101,30 +101,28 @@ def observe(proc: psutil.Process, base: str, seconds: float) -> tuple[list[Readi
         time.sleep(max(0.0, min(next_scrape, next_probe, next_sample) - time.monotonic()))
 
 
-def measure(args: argparse.Namespace, tmp: Path, http_port: int) -> tuple[list[Reading], int, int]:
+def measure(args: argparse.Namespace, http_port: int) -> tuple[list[Reading], int, int]:
     """Readings over the steady state, the last /metrics page size, and USS at the end."""
     base = f"http://127.0.0.1:{http_port}"
-    # later flags win over agent_process's test defaults (1 s interval, HTTP off)
-    agent_flags = [
-        "--interval", "10", "--http", f"127.0.0.1:{http_port}",
-        "--spool", str(tmp / "spool"), "--sim-gpus", str(args.gpus),
-    ]  # fmt: skip
-    with (
-        running_mosquitto(tmp / "mosquitto") as broker,
-        agent_process(broker.url, "bench-node", *agent_flags, tmp=tmp) as child,
-    ):
-        proc = psutil.Process(child.pid)
-        wait_healthy(f"{base}/healthz")
-        print(
-            f"agent pid {child.pid}: {args.gpus} simulated GPUs, 10 s interval, HTTP on; "
-            f"warming up {WARMUP_S:g}s, then {args.seconds:g}s measured",
-            flush=True,
-        )
-        time.sleep(WARMUP_S)
-        readings, page = observe(proc, base, args.seconds)
-        uss: int = proc.memory_full_info().uss
-        if child.poll() is not None:
-            raise RuntimeError(f"the agent exited early (code {child.returncode})")
+    with scratch_broker() as (tmp, broker):
+        # later flags win over agent_process's test defaults (1 s interval, HTTP off)
+        agent_flags = [
+            "--interval", "10", "--http", f"127.0.0.1:{http_port}",
+            "--spool", str(tmp / "spool"), "--sim-gpus", str(args.gpus),
+        ]  # fmt: skip
+        with agent_process(broker.url, "bench-node", *agent_flags, tmp=tmp) as child:
+            proc = psutil.Process(child.pid)
+            wait_healthy(f"{base}/healthz")
+            print(
+                f"agent pid {child.pid}: {args.gpus} simulated GPUs, 10 s interval, HTTP on; "
+                f"warming up {WARMUP_S:g}s, then {args.seconds:g}s measured",
+                flush=True,
+            )
+            time.sleep(WARMUP_S)
+            readings, page = observe(proc, base, args.seconds)
+            uss: int = proc.memory_full_info().uss
+            if child.poll() is not None:
+                raise RuntimeError(f"the agent exited early (code {child.returncode})")
     return readings, page, uss
 
 
@@ -133,8 +131,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=75.0)
     parser.add_argument("--gpus", type=int, default=8)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="gpuwarden-bench-") as tmp:
-        readings, page, uss = measure(args, Path(tmp), free_port())
+    readings, page, uss = measure(args, free_port())
     first, last = readings[0], readings[-1]
     cpu_pct = (last.cpu_s - first.cpu_s) / (last.wall - first.wall) * 100
     rss_max = max(r.rss for r in readings) / MIB

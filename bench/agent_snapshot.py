@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import cProfile
 import io
-import os
 import pstats
 import statistics
 import sys
@@ -50,7 +49,7 @@ from agent.settings import AgentSettings, parse_settings
 from agent.sim.fake_pynvml import FakeNvml
 from agent.verdict import apply_verdict
 from agent.xid_table import XidHistory, XidTable
-from gpuwarden_common import logs
+from bench._common import percentile, progress, quiet_product_logs, summary
 from gpuwarden_common.wire import StateMessage, encode
 
 TARGET_P99_MS = 5.0
@@ -67,19 +66,6 @@ def settings_for(backend: str, gpus: int) -> AgentSettings:
         ],
         {},
     )  # fmt: skip
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
-    return ordered[rank]
-
-
-def summary(values_ms: list[float]) -> str:
-    return (
-        f"p50 {statistics.median(values_ms):.2f} ms, p99 {percentile(values_ms, 99):.2f} ms, "
-        f"max {max(values_ms):.2f} ms"
-    )
 
 
 class PhaseClock:
@@ -103,7 +89,7 @@ async def end_to_end(agent: Agent, passes: int) -> tuple[list[float], list[float
     cpu: list[float] = []
     wall: list[float] = []
     size = 0
-    step = max(1, passes // 4)
+    report = progress(passes, lambda done: f"  end to end: {done}/{passes} passes")
     for n in range(WARMUP_PASSES + passes):
         cpu_started, wall_started = time.process_time(), time.perf_counter()
         state, _verdict = await agent.sample()
@@ -114,9 +100,7 @@ async def end_to_end(agent: Agent, passes: int) -> tuple[list[float], list[float
             cpu.append(cpu_spent)
             wall.append(wall_spent)
             size = len(payload)
-            done = n - WARMUP_PASSES + 1
-            if done % step == 0:
-                print(f"  end to end: {done}/{passes} passes", flush=True)
+            report(n - WARMUP_PASSES + 1)
     return cpu, wall, size
 
 
@@ -211,13 +195,13 @@ async def main_async(args: argparse.Namespace) -> int:
 
     print("1. end to end: await Agent.sample() + wire.encode", flush=True)
     cpu, wall, size = await end_to_end(agent, args.passes)
-    print(f"  CPU  {summary(cpu)}", flush=True)
-    print(f"  wall {summary(wall)}  (state message: {size:,} bytes)", flush=True)
+    print(f"  CPU  {summary(cpu, decimals=2)}", flush=True)
+    print(f"  wall {summary(wall, decimals=2)}  (state message: {size:,} bytes)", flush=True)
 
     print("2. the same steps one by one on this thread (CPU ms)", flush=True)
     spent = phases(agent, settings, args.passes)
     for key, values in spent.items():
-        print(f"  {key:<15} {summary(values)}", flush=True)
+        print(f"  {key:<15} {summary(values, decimals=2)}", flush=True)
     if isinstance(nvml, FakeNvml):
         total, in_fake = fake_share(agent, min(args.passes, 100))
         print(
@@ -250,9 +234,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     # the agent's own logging, as in production (JSON), kept out of the figures' way
-    sink = open(os.devnull, "w")  # noqa: SIM115 - the loggers write to it until exit
-    with contextlib.redirect_stderr(sink):
-        logs.configure("info", json=True)
+    quiet_product_logs()
     sys.exit(asyncio.run(main_async(args)))
 
 

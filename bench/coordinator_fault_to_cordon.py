@@ -32,7 +32,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -41,7 +40,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.synchronize import Event as StopEvent
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -51,24 +49,28 @@ import paho.mqtt.client as paho
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.coordinator_memory import (
+from bench._common import (
     CLUSTER,
     DEGRADED_EVERY,
-    boot_id_of,
+    close_paho,
     fleet_state,
     node_name,
     online,
+    paho_subscriber,
+    percentile,
+    progress,
+    scratch_broker,
+    summary,
+    xid_event,
 )
 from gpuwarden_common.health import Action, Severity
 from gpuwarden_common.wire import (
-    EventKind,
     EventMessage,
     Kind,
     cluster_health_topic,
     encode,
     node_topic,
 )
-from tests.brokers import running_mosquitto
 from tests.fakekube import FakeKube, running_fake_kube
 
 TARGET_P99_MS = 500.0
@@ -181,17 +183,11 @@ class Mqtt:
     def __init__(self, port: int) -> None:
         self.nodes_total = 0
         self.lifecycles: dict[str, int] = {}
-        self._subscribed = threading.Event()
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-faults")
-        self._client.on_connect = lambda c, *_a: c.subscribe(cluster_health_topic(CLUSTER), 1)
-        self._client.on_subscribe = lambda *_args: self._subscribed.set()
-        self._client.on_message = self._on_message
-        self._client.connect("127.0.0.1", port)
-        self._client.loop_start()
-        if not self._subscribed.wait(10):
-            raise RuntimeError("could not subscribe to the cluster feed")
+        self._client = paho_subscriber(
+            port, "bench-faults", cluster_health_topic(CLUSTER), self._on_message
+        )
 
-    def _on_message(self, _client: paho.Client, _userdata: Any, message: Any) -> None:
+    def _on_message(self, message: paho.MQTTMessage) -> None:
         health = msgspec.json.decode(message.payload)
         self.nodes_total = int(health["nodes_total"])
         self.lifecycles = dict(health["nodes_by_lifecycle"])
@@ -200,16 +196,13 @@ class Mqtt:
         self._client.publish(topic, payload, qos=1)
 
     def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        close_paho(self._client)
 
 
 def fault_event(index: int, seq: int) -> EventMessage:
-    return EventMessage(
-        cluster=CLUSTER, node=node_name(index), seq=seq, boot_id=boot_id_of(index),
-        ts=time.time(), kind=EventKind.XID, source="nvml", gpu_index=3, code="XID-79",
-        xid=79, severity=Severity.CRITICAL, action=Action.REBOOT,
-        message="XID 79: GPU has fallen off the bus", observed_ts=time.time(),
+    return xid_event(
+        index, seq, gpu_index=3, xid=79, severity=Severity.CRITICAL, action=Action.REBOOT,
+        message="XID 79: GPU has fallen off the bus",
     )  # fmt: skip
 
 
@@ -250,7 +243,7 @@ def wait_ready(mqtt: Mqtt, nodes: int, proc: subprocess.Popen[bytes]) -> None:
 def inject(kube: FakeKube, mqtt: Mqtt, nodes: int, faults: int, seed: int) -> Run:
     rng = random.Random(seed)
     run = Run()
-    step = max(1, faults // 5)
+    report = progress(faults, lambda done: f"  {done}/{faults} faults", parts=5)
     for n, index in enumerate(rng.sample(range(nodes), faults), 1):
         name = node_name(index)
         patched = threading.Event()
@@ -269,8 +262,7 @@ def inject(kube: FakeKube, mqtt: Mqtt, nodes: int, faults: int, seed: int) -> Ru
         run.faults.append(fault)
         if not patched.wait(CORDON_TIMEOUT_S):
             print(f"  {name}: no PATCH within {CORDON_TIMEOUT_S:g}s", flush=True)
-        if n % step == 0:
-            print(f"  {n}/{faults} faults", flush=True)
+        report(n)
         time.sleep(rng.uniform(0.5, 1.5))
     return run
 
@@ -325,21 +317,6 @@ def segments(run: Run, log: Path) -> dict[str, list[float]]:
     return parts
 
 
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
-    return ordered[rank]
-
-
-def summary(values: list[float]) -> str:
-    if not values:
-        return "no samples"
-    return (
-        f"p50 {statistics.median(values):.1f} ms, p99 {percentile(values, 99):.1f} ms, "
-        f"max {max(values):.1f} ms"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--nodes", type=int, default=1000)
@@ -348,12 +325,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.faults > args.nodes:
         parser.error("--faults cannot exceed --nodes (one fault per node)")
-    with (
-        tempfile.TemporaryDirectory(prefix="gpuwarden-bench-") as tmp_name,
-        running_mosquitto(Path(tmp_name) / "mosquitto") as broker,
-        running_fake_kube() as kube,
-    ):
-        tmp = Path(tmp_name)
+    with scratch_broker() as (tmp, broker), running_fake_kube() as kube:
         for n in range(args.nodes):
             kube.add_node(node_name(n), labels={"node.kubernetes.io/instance-type": "p5.48xlarge"})
         print(

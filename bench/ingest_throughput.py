@@ -24,10 +24,8 @@ import contextlib
 import multiprocessing
 import statistics
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -38,6 +36,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
+from bench._common import CLUSTER, progress, scratch_broker
 from coordinator.ingest import IngestGate, Ingestor, IngestStats
 from gpuwarden_common.broker import BrokerSettings
 from gpuwarden_common.health import Action, Finding, Health, Severity
@@ -58,9 +57,7 @@ from gpuwarden_common.wire import (
     encode,
     node_topic,
 )
-from tests.brokers import running_mosquitto
 
-CLUSTER = "bench"
 TARGET_RATE = 4000.0
 TARGET_RATIO = 0.6
 
@@ -152,24 +149,23 @@ def publish_backlog(port: int, messages: int, nodes: int) -> None:
 
 
 class Stopwatch:
-    """First to ``target``-th tick; ``done`` fires at the last."""
+    """First to ``target``-th tick; ``done`` fires at the last. ``label`` names its progress
+    lines."""
 
-    def __init__(self, target: int, progress: Callable[[int], None]) -> None:
+    def __init__(self, target: int, label: str) -> None:
         self.target = target
         self.count = 0
         self.first: float | None = None
         self.last: float | None = None
         self.done = asyncio.Event()
-        self._progress = progress
-        self._step = max(1, target // 4)
+        self._report = progress(target, lambda n: f"  {label}: {n:,}/{target:,}")
 
     def tick(self) -> None:
         now = time.perf_counter()
         if self.first is None:
             self.first = now
         self.count += 1
-        if self.count % self._step == 0:
-            self._progress(self.count)
+        self._report(self.count)
         if self.count == self.target:
             self.last = now
             self.done.set()
@@ -177,10 +173,6 @@ class Stopwatch:
     def rate(self) -> float:
         assert self.first is not None and self.last is not None
         return (self.count - 1) / (self.last - self.first)
-
-
-def progress(label: str, total: int) -> Callable[[int], None]:
-    return lambda n: print(f"  {label}: {n:,}/{total:,}", flush=True)
 
 
 async def forget_session(port: int, client_id: str) -> None:
@@ -201,7 +193,7 @@ async def bare_rate(port: int, messages: int, nodes: int, *, decoding: bool = Fa
         await client.subscribe(subs)
     await asyncio.to_thread(publish_backlog, port, messages, nodes)
     label = "bare subscriber + decode" if decoding else "bare subscriber"
-    watch = Stopwatch(messages, progress(label, messages))
+    watch = Stopwatch(messages, label)
     async with aiomqtt.Client(
         "127.0.0.1", port, identifier=client_id, clean_session=False
     ) as client:
@@ -235,7 +227,7 @@ class CountingSink:
 
 async def ingest_rate(port: int, messages: int, nodes: int) -> tuple[float, IngestStats]:
     client_id = "bench-ingest"
-    watch = Stopwatch(messages, progress("ingestor", messages))
+    watch = Stopwatch(messages, "ingestor")
     gate = IngestGate(CLUSTER, CollectorRegistry())
     settings = BrokerSettings.from_url(f"mqtt://127.0.0.1:{port}")
 
@@ -268,10 +260,7 @@ async def main_async(args: argparse.Namespace) -> int:
     bare: list[float] = []
     decoding: list[float] = []
     ingest: list[float] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="gpuwarden-bench-") as tmp,
-        running_mosquitto(Path(tmp) / "mosquitto") as broker,
-    ):
+    with scratch_broker() as (_tmp, broker):
         print(
             f"broker on port {broker.port}; {args.rounds} rounds of {args.messages:,} state "
             f"messages over {args.nodes} nodes",

@@ -7,30 +7,21 @@ fake that drifted from the API server's behaviour fails here, not as a puzzling 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s
+from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-from coordinator.kube import api_client_for_url, close_api_client
-from tests.fakekube import FakeKube, running_fake_kube
+from tests.fakekube import FakeKube
 
 SMP = "application/strategic-merge-patch+json"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    with running_fake_kube(history_limit=50) as server:
-        yield server
-
-
-@pytest.fixture
-def core(fake: FakeKube) -> Iterator[k8s.CoreV1Api]:
-    api_client = api_client_for_url(fake.url)
-    yield k8s.CoreV1Api(api_client)
-    close_api_client(api_client)
+def core(kube_api_client: ApiClient) -> k8s.CoreV1Api:
+    return k8s.CoreV1Api(kube_api_client)
 
 
 def raw_json(response: Any) -> Any:
@@ -49,10 +40,10 @@ def watch_lines(response: Any) -> list[dict[str, Any]]:
 
 
 def test_a_patch_carrying_a_stale_resource_version_answers_409(
-    fake: FakeKube, core: k8s.CoreV1Api
+    fake_kube: FakeKube, core: k8s.CoreV1Api
 ) -> None:
-    node = fake.add_node("n1")
-    fake.modify_node("n1", lambda n: n["metadata"]["labels"].update({"a": "b"}))
+    node = fake_kube.add_node("n1")
+    fake_kube.modify_node("n1", lambda n: n["metadata"]["labels"].update({"a": "b"}))
 
     with pytest.raises(ApiException) as raised:
         core.patch_node(
@@ -66,24 +57,24 @@ def test_a_patch_carrying_a_stale_resource_version_answers_409(
         )
 
     assert raised.value.status == 409
-    assert "x" not in fake.node("n1")["metadata"]["labels"]
+    assert "x" not in fake_kube.node("n1")["metadata"]["labels"]
 
 
 def test_a_patch_that_changes_nothing_keeps_the_resource_version(
-    fake: FakeKube, core: k8s.CoreV1Api
+    fake_kube: FakeKube, core: k8s.CoreV1Api
 ) -> None:
-    fake.add_node("n1", labels={"a": "b"})
-    before = fake.node("n1")["metadata"]["resourceVersion"]
+    fake_kube.add_node("n1", labels={"a": "b"})
+    before = fake_kube.node("n1")["metadata"]["resourceVersion"]
 
     core.patch_node("n1", {"metadata": {"labels": {"a": "b"}}})
 
-    assert fake.node("n1")["metadata"]["resourceVersion"] == before
+    assert fake_kube.node("n1")["metadata"]["resourceVersion"] == before
 
 
 def test_the_node_endpoint_ignores_status_and_the_status_endpoint_changes_only_status(
-    fake: FakeKube, core: k8s.CoreV1Api
+    fake_kube: FakeKube, core: k8s.CoreV1Api
 ) -> None:
-    fake.add_node("n1")
+    fake_kube.add_node("n1")
     bogus = {"type": "Bogus", "status": "True"}
 
     core.patch_node("n1", {"status": {"conditions": [bogus]}})
@@ -91,15 +82,15 @@ def test_the_node_endpoint_ignores_status_and_the_status_endpoint_changes_only_s
         "n1", {"metadata": {"labels": {"x": "y"}}, "status": {"conditions": [bogus]}}
     )
 
-    node = fake.node("n1")
+    node = fake_kube.node("n1")
     assert [c["type"] for c in node["status"]["conditions"]] == ["Ready", "Bogus"]
     assert "x" not in node["metadata"]["labels"]
 
 
 def test_strategic_merge_of_conditions_replaces_only_the_condition_of_the_same_type(
-    fake: FakeKube, core: k8s.CoreV1Api
+    fake_kube: FakeKube, core: k8s.CoreV1Api
 ) -> None:
-    fake.add_node("n1", conditions=[{"type": "GPUHealthy", "status": "True"}])
+    fake_kube.add_node("n1", conditions=[{"type": "GPUHealthy", "status": "True"}])
 
     core.patch_node_status(
         "n1",
@@ -107,17 +98,17 @@ def test_strategic_merge_of_conditions_replaces_only_the_condition_of_the_same_t
         _content_type=SMP,
     )
 
-    conditions = {c["type"]: c for c in fake.node("n1")["status"]["conditions"]}
+    conditions = {c["type"]: c for c in fake_kube.node("n1")["status"]["conditions"]}
     assert conditions["GPUHealthy"]["status"] == "False"
     assert conditions["Ready"]["status"] == "True"
 
 
 def test_a_not_equal_selector_also_matches_nodes_without_the_label(
-    fake: FakeKube, core: k8s.CoreV1Api
+    fake_kube: FakeKube, core: k8s.CoreV1Api
 ) -> None:
-    fake.add_node("plain")
-    fake.add_node("healthy", labels={"h": "ok"})
-    fake.add_node("sick", labels={"h": "bad"})
+    fake_kube.add_node("plain")
+    fake_kube.add_node("healthy", labels={"h": "ok"})
+    fake_kube.add_node("sick", labels={"h": "bad"})
 
     def names(selector: str) -> list[str]:
         listing = raw_json(core.list_node(label_selector=selector, _preload_content=False))
@@ -128,12 +119,12 @@ def test_a_not_equal_selector_also_matches_nodes_without_the_label(
 
 
 def test_a_watch_from_a_compacted_version_gets_410_expired_as_an_error_event(
-    fake: FakeKube, core: k8s.CoreV1Api
+    fake_kube: FakeKube, core: k8s.CoreV1Api
 ) -> None:
-    fake.add_pod("team", "p1")
-    old_version = str(fake.resource_version)
-    fake.add_pod("team", "p2")
-    fake.forget_history()
+    fake_kube.add_pod("team", "p1")
+    old_version = str(fake_kube.resource_version)
+    fake_kube.add_pod("team", "p2")
+    fake_kube.forget_history()
 
     response: Any = core.list_pod_for_all_namespaces(
         watch=True, resource_version=old_version, timeout_seconds=5, _preload_content=False
@@ -147,12 +138,12 @@ def test_a_watch_from_a_compacted_version_gets_410_expired_as_an_error_event(
 
 
 def test_a_watch_replays_changes_after_the_version_it_resumes_from(
-    fake: FakeKube, core: k8s.CoreV1Api
+    fake_kube: FakeKube, core: k8s.CoreV1Api
 ) -> None:
-    fake.add_pod("team", "p1")
-    since = str(fake.resource_version)
-    fake.add_pod("team", "p2")
-    fake.modify_pod("team", "p1", lambda p: p["metadata"]["labels"].update({"x": "y"}))
+    fake_kube.add_pod("team", "p1")
+    since = str(fake_kube.resource_version)
+    fake_kube.add_pod("team", "p2")
+    fake_kube.modify_pod("team", "p1", lambda p: p["metadata"]["labels"].update({"x": "y"}))
 
     events = watch_lines(
         core.list_namespaced_pod(
@@ -167,10 +158,10 @@ def test_a_watch_replays_changes_after_the_version_it_resumes_from(
 
 
 def test_an_eviction_a_disruption_budget_forbids_answers_429_and_keeps_the_pod(
-    fake: FakeKube, core: k8s.CoreV1Api
+    fake_kube: FakeKube, core: k8s.CoreV1Api
 ) -> None:
-    fake.add_pod("team", "p1", node_name="n1", labels={"app": "web"})
-    fake.add_disruption_budget("team", "web-pdb", "app=web", disruptions_allowed=0)
+    fake_kube.add_pod("team", "p1", node_name="n1", labels={"app": "web"})
+    fake_kube.add_disruption_budget("team", "web-pdb", "app=web", disruptions_allowed=0)
     eviction = k8s.V1Eviction(metadata=k8s.V1ObjectMeta(name="p1", namespace="team"))
 
     with pytest.raises(ApiException) as raised:
@@ -181,27 +172,27 @@ def test_an_eviction_a_disruption_budget_forbids_answers_429_and_keeps_the_pod(
         json.loads(raised.value.body or "{}")["details"]["causes"][0]["reason"]
         == "DisruptionBudget"
     )
-    assert fake.pod("team", "p1") is not None
+    assert fake_kube.pod("team", "p1") is not None
 
 
 def test_a_graceful_delete_marks_a_running_pod_until_its_kubelet_removes_it(
-    fake: FakeKube, core: k8s.CoreV1Api
+    fake_kube: FakeKube, core: k8s.CoreV1Api
 ) -> None:
-    fake.add_pod("team", "p1", node_name="n1")
+    fake_kube.add_pod("team", "p1", node_name="n1")
 
     core.delete_namespaced_pod("p1", "team", grace_period_seconds=30)
 
-    pod = fake.pod("team", "p1")
+    pod = fake_kube.pod("team", "p1")
     assert pod is not None
     assert pod["metadata"]["deletionGracePeriodSeconds"] == 30
-    fake.remove_pod("team", "p1")
-    assert fake.pod("team", "p1") is None
+    fake_kube.remove_pod("team", "p1")
+    assert fake_kube.pod("team", "p1") is None
 
 
 def test_scheduling_gates_cannot_be_added_after_creation(
-    fake: FakeKube, core: k8s.CoreV1Api
+    fake_kube: FakeKube, core: k8s.CoreV1Api
 ) -> None:
-    fake.add_pod("team", "p1", scheduling_gates=["a"])
+    fake_kube.add_pod("team", "p1", scheduling_gates=["a"])
 
     with pytest.raises(ApiException) as raised:
         core.patch_namespaced_pod(
@@ -212,9 +203,9 @@ def test_scheduling_gates_cannot_be_added_after_creation(
 
 
 def test_a_failing_json_patch_test_operation_answers_422(
-    fake: FakeKube, core: k8s.CoreV1Api
+    fake_kube: FakeKube, core: k8s.CoreV1Api
 ) -> None:
-    fake.add_pod("team", "p1", scheduling_gates=["a", "b"])
+    fake_kube.add_pod("team", "p1", scheduling_gates=["a", "b"])
     operations = [
         {"op": "test", "path": "/spec/schedulingGates/0/name", "value": "b"},
         {"op": "remove", "path": "/spec/schedulingGates/0"},
@@ -226,13 +217,13 @@ def test_a_failing_json_patch_test_operation_answers_422(
         )
 
     assert raised.value.status == 422
-    pod = fake.pod("team", "p1")
+    pod = fake_kube.pod("team", "p1")
     assert pod is not None
     assert [g["name"] for g in pod["spec"]["schedulingGates"]] == ["a", "b"]
 
 
 def test_leases_conflict_on_a_second_create_and_are_404_when_missing(
-    fake: FakeKube, core: k8s.CoreV1Api
+    fake_kube: FakeKube, core: k8s.CoreV1Api
 ) -> None:
     coordination = k8s.CoordinationV1Api(core.api_client)
     lease = k8s.V1Lease(metadata=k8s.V1ObjectMeta(name="l"), spec=k8s.V1LeaseSpec())
@@ -247,11 +238,11 @@ def test_leases_conflict_on_a_second_create_and_are_404_when_missing(
 
 
 def test_injected_faults_answer_only_the_next_matching_requests(
-    fake: FakeKube, core: k8s.CoreV1Api
+    fake_kube: FakeKube, core: k8s.CoreV1Api
 ) -> None:
-    fake.add_node("n1")
-    fake.add_node("n2")
-    fake.fail_next("GET", "/api/v1/nodes/n1", 500, times=2)
+    fake_kube.add_node("n1")
+    fake_kube.add_node("n2")
+    fake_kube.fail_next("GET", "/api/v1/nodes/n1", 500, times=2)
 
     statuses = []
     for name in ("n2", "n1", "n1", "n1"):
@@ -262,4 +253,4 @@ def test_injected_faults_answer_only_the_next_matching_requests(
             statuses.append(exc.status)
 
     assert statuses == [200, 500, 500, 200]
-    assert [r.status for r in fake.requests("GET", "/api/v1/nodes/n1")] == [500, 500, 200]
+    assert [r.status for r in fake_kube.requests("GET", "/api/v1/nodes/n1")] == [500, 500, 200]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,10 @@ from coordinator.kube import (
     KubeConfigError,
     KubeUnavailableError,
     RetryPolicy,
-    api_client_for_url,
     close_api_client,
     kube_client_from,
 )
-from tests.fakekube import FakeKube, running_fake_kube
+from tests.fakekube import FakeKube
 
 NODE = "/api/v1/nodes/gpu-1"
 OTHER_TAINT = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
@@ -38,21 +37,14 @@ SHORT_DEADLINE = RetryPolicy(
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    with running_fake_kube() as server:
-        server.add_node(
-            "gpu-1",
-            labels={"node.kubernetes.io/instance-type": "p5.48xlarge", "team": "research"},
-            taints=[OTHER_TAINT],
-        )
-        yield server
-
-
-@pytest.fixture
-def api_client(fake: FakeKube) -> Iterator[ApiClient]:
-    client = api_client_for_url(fake.url)
-    yield client
-    close_api_client(client)
+def fake(fake_kube: FakeKube) -> FakeKube:
+    """The fake API server holding gpu-1, a GPU node that carries someone else's taint."""
+    fake_kube.add_node(
+        "gpu-1",
+        labels={"node.kubernetes.io/instance-type": "p5.48xlarge", "team": "research"},
+        taints=[OTHER_TAINT],
+    )
+    return fake_kube
 
 
 @pytest.fixture
@@ -61,9 +53,11 @@ def calls() -> list[ApiCall]:
 
 
 @pytest.fixture
-async def actuator(api_client: ApiClient, calls: list[ApiCall]) -> AsyncIterator[KubeActuator]:
+async def actuator(
+    fake: FakeKube, kube_api_client: ApiClient, calls: list[ApiCall]
+) -> AsyncIterator[KubeActuator]:
     actuator = KubeActuator(
-        api_client, retry=FAST_RETRY, observer=calls.append, rng=random.Random(7)
+        kube_api_client, retry=FAST_RETRY, observer=calls.append, rng=random.Random(7)
     )
     yield actuator
     await actuator.close()
@@ -256,9 +250,9 @@ async def test_a_server_error_is_retried_until_it_succeeds(
 
 
 async def test_an_api_server_failing_past_the_deadline_gives_not_ok(
-    fake: FakeKube, api_client: ApiClient
+    fake: FakeKube, kube_api_client: ApiClient
 ) -> None:
-    actuator = KubeActuator(api_client, retry=SHORT_DEADLINE)
+    actuator = KubeActuator(kube_api_client, retry=SHORT_DEADLINE)
     fake.fail_next("PATCH", NODE, 500, times=1000)
 
     result = await actuator.mark_unhealthy(
@@ -328,10 +322,10 @@ async def test_a_slow_api_server_does_not_block_the_event_loop(
 
 
 async def test_a_request_slower_than_its_timeout_is_abandoned_and_retried(
-    fake: FakeKube, api_client: ApiClient, calls: list[ApiCall]
+    fake: FakeKube, kube_api_client: ApiClient, calls: list[ApiCall]
 ) -> None:
     impatient = KubeActuator(
-        api_client,
+        kube_api_client,
         retry=RetryPolicy(deadline_s=5.0, request_timeout_s=0.5, base_delay_s=0.01),
         observer=calls.append,
     )
@@ -378,9 +372,9 @@ async def test_node_facts_of_a_missing_node_say_it_does_not_exist(
 
 
 async def test_node_facts_raise_when_the_api_server_stays_unavailable(
-    fake: FakeKube, api_client: ApiClient
+    fake: FakeKube, kube_api_client: ApiClient
 ) -> None:
-    actuator = KubeActuator(api_client, retry=SHORT_DEADLINE)
+    actuator = KubeActuator(kube_api_client, retry=SHORT_DEADLINE)
     fake.fail_next("GET", NODE, 503, times=1000)
 
     with pytest.raises(KubeUnavailableError):

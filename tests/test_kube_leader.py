@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from kubernetes.client import ApiClient
@@ -20,7 +20,7 @@ from coordinator.kube import (
     close_api_client,
     leader_identity,
 )
-from tests.fakekube import FakeKube, running_fake_kube
+from tests.fakekube import FakeKube
 
 SHORT = LeaseSettings(
     name="coordinator",
@@ -33,17 +33,11 @@ SHORT = LeaseSettings(
 GENEROUS_S = 10.0
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    with running_fake_kube() as server:
-        yield server
-
-
 class Candidates:
     """Electors with their own clients and tasks, all stopped after the test."""
 
-    def __init__(self, fake: FakeKube) -> None:
-        self.fake = fake
+    def __init__(self, fake_kube: FakeKube) -> None:
+        self.fake = fake_kube
         self.log: list[str] = []
         self.clients: list[ApiClient] = []
         self.tasks: list[asyncio.Task[None]] = []
@@ -73,8 +67,8 @@ class Candidates:
 
 
 @pytest.fixture
-async def candidates(fake: FakeKube) -> AsyncIterator[Candidates]:
-    group = Candidates(fake)
+async def candidates(fake_kube: FakeKube) -> AsyncIterator[Candidates]:
+    group = Candidates(fake_kube)
     yield group
     await group.close()
 
@@ -95,7 +89,7 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-async def test_one_of_two_electors_leads(fake: FakeKube, candidates: Candidates) -> None:
+async def test_one_of_two_electors_leads(fake_kube: FakeKube, candidates: Candidates) -> None:
     a = candidates.start("a")
     b = candidates.start("b")
 
@@ -104,13 +98,13 @@ async def test_one_of_two_electors_leads(fake: FakeKube, candidates: Candidates)
 
     assert [a.is_leader, b.is_leader].count(True) == 1
     leader = a if a.is_leader else b
-    lease = fake.lease("gpuwarden", "coordinator")
+    lease = fake_kube.lease("gpuwarden", "coordinator")
     assert lease is not None
     assert lease["spec"]["holderIdentity"] == leader.identity
 
 
 async def test_the_standby_takes_over_after_the_leader_stops_renewing(
-    fake: FakeKube, candidates: Candidates
+    fake_kube: FakeKube, candidates: Candidates
 ) -> None:
     a = candidates.start("a")
     await until(lambda: a.is_leader)
@@ -121,13 +115,15 @@ async def test_the_standby_takes_over_after_the_leader_stops_renewing(
     candidates.tasks[0].cancel()  # a dies without releasing
 
     await until(lambda: b.is_leader)
-    lease = fake.lease("gpuwarden", "coordinator")
+    lease = fake_kube.lease("gpuwarden", "coordinator")
     assert lease is not None
     assert lease["spec"]["holderIdentity"] == b.identity
     assert lease["spec"]["leaseTransitions"] == 1
 
 
-async def test_a_clean_release_hands_over_at_once(fake: FakeKube, candidates: Candidates) -> None:
+async def test_a_clean_release_hands_over_at_once(
+    fake_kube: FakeKube, candidates: Candidates
+) -> None:
     # A lease far longer than the wait below: only the release can explain the takeover.
     long = LeaseSettings(
         name="coordinator",
@@ -148,7 +144,7 @@ async def test_a_clean_release_hands_over_at_once(fake: FakeKube, candidates: Ca
 
 
 async def test_a_leader_cut_off_from_the_api_steps_down_before_the_standby_takes_over(
-    fake: FakeKube, candidates: Candidates
+    fake_kube: FakeKube, candidates: Candidates
 ) -> None:
     a = candidates.start("a")
     await until(lambda: a.is_leader)
@@ -163,13 +159,13 @@ async def test_a_leader_cut_off_from_the_api_steps_down_before_the_standby_takes
 
 
 async def test_a_leader_whose_lease_was_taken_steps_down(
-    fake: FakeKube, candidates: Candidates
+    fake_kube: FakeKube, candidates: Candidates
 ) -> None:
     a = candidates.start("a")
     await until(lambda: a.is_leader)
 
     def someone_else_holds_it() -> None:
-        fake.modify_lease(
+        fake_kube.modify_lease(
             "gpuwarden",
             "coordinator",
             lambda lease: lease["spec"].update(holderIdentity="intruder"),

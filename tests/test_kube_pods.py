@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -25,28 +25,13 @@ from coordinator.kube import (
     KubePods,
     PodInfo,
     RetryPolicy,
-    api_client_for_url,
-    close_api_client,
     pod_info_from_json,
 )
-from tests.fakekube import FakeKube, running_fake_kube
+from tests.fakekube import FakeKube
 
 FAST_RETRY = RetryPolicy(deadline_s=3.0, request_timeout_s=2.0, base_delay_s=0.01, max_delay_s=0.05)
 TASK_LABELS = {TASK_LABEL: "llama-ft", PRIORITY_CLASS_LABEL: "training"}
 WAIT_S = 10.0
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    with running_fake_kube() as server:
-        yield server
-
-
-@pytest.fixture
-def api_client(fake: FakeKube) -> Iterator[ApiClient]:
-    client = api_client_for_url(fake.url)
-    yield client
-    close_api_client(client)
 
 
 @pytest.fixture
@@ -55,8 +40,8 @@ def calls() -> list[ApiCall]:
 
 
 @pytest.fixture
-async def pods(api_client: ApiClient, calls: list[ApiCall]) -> AsyncIterator[KubePods]:
-    pods = KubePods(api_client, retry=FAST_RETRY, observer=calls.append, rng=random.Random(3))
+async def pods(kube_api_client: ApiClient, calls: list[ApiCall]) -> AsyncIterator[KubePods]:
+    pods = KubePods(kube_api_client, retry=FAST_RETRY, observer=calls.append, rng=random.Random(3))
     yield pods
     await pods.close()
 
@@ -96,8 +81,8 @@ class Watching:
 # --- reading pods -----------------------------------------------------------------------------
 
 
-async def test_list_pods_reads_what_governance_needs(fake: FakeKube, pods: KubePods) -> None:
-    fake.add_pod(
+async def test_list_pods_reads_what_governance_needs(fake_kube: FakeKube, pods: KubePods) -> None:
+    fake_kube.add_pod(
         "research",
         "llama-0",
         node_name="gpu-1",
@@ -114,7 +99,7 @@ async def test_list_pods_reads_what_governance_needs(fake: FakeKube, pods: KubeP
 
     [pod], version = await pods.list_pods()
 
-    assert version == str(fake.resource_version)
+    assert version == str(fake_kube.resource_version)
     assert (pod.namespace, pod.name, pod.node_name, pod.phase) == (
         "research",
         "llama-0",
@@ -128,13 +113,13 @@ async def test_list_pods_reads_what_governance_needs(fake: FakeKube, pods: KubeP
     assert not pod.gated
     assert pod.created_at is not None
     assert pod.deletion_timestamp is None
-    assert pod.uid == fake.pod("research", "llama-0")["metadata"]["uid"]  # type: ignore[index]
+    assert pod.uid == fake_kube.pod("research", "llama-0")["metadata"]["uid"]  # type: ignore[index]
 
 
 async def test_a_container_without_gpu_requests_counts_its_limits(
-    fake: FakeKube, pods: KubePods
+    fake_kube: FakeKube, pods: KubePods
 ) -> None:
-    fake.add_pod("research", "p", gpus=2, gpu_limits_only=True)
+    fake_kube.add_pod("research", "p", gpus=2, gpu_limits_only=True)
 
     [pod], _ = await pods.list_pods()
 
@@ -142,11 +127,11 @@ async def test_a_container_without_gpu_requests_counts_its_limits(
 
 
 async def test_list_pods_filters_by_label_selector_and_namespace(
-    fake: FakeKube, pods: KubePods
+    fake_kube: FakeKube, pods: KubePods
 ) -> None:
-    fake.add_pod("research", "task-a", labels=TASK_LABELS)
-    fake.add_pod("research", "web")
-    fake.add_pod("vision", "task-b", labels=TASK_LABELS)
+    fake_kube.add_pod("research", "task-a", labels=TASK_LABELS)
+    fake_kube.add_pod("research", "web")
+    fake_kube.add_pod("vision", "task-b", labels=TASK_LABELS)
 
     tasks, _ = await pods.list_pods(label_selector=TASK_LABEL)
     research_tasks, _ = await pods.list_pods(label_selector=TASK_LABEL, namespace="research")
@@ -198,15 +183,17 @@ def test_an_init_container_needing_more_gpus_than_the_app_sets_the_demand() -> N
 # --- watching ---------------------------------------------------------------------------------
 
 
-async def test_watch_sees_pods_added_modified_and_deleted(fake: FakeKube, pods: KubePods) -> None:
-    fake.add_pod("research", "p1")
+async def test_watch_sees_pods_added_modified_and_deleted(
+    fake_kube: FakeKube, pods: KubePods
+) -> None:
+    fake_kube.add_pod("research", "p1")
     known, version = await pods.list_pods()
     watching = Watching(pods.watch_pods(version, known))
     try:
-        fake.add_pod("research", "p2")
-        fake.modify_pod("research", "p1", lambda p: p["spec"].update(nodeName="gpu-1"))
-        fake.add_pod("research", "p3")
-        fake.remove_pod("research", "p3")
+        fake_kube.add_pod("research", "p2")
+        fake_kube.modify_pod("research", "p1", lambda p: p["spec"].update(nodeName="gpu-1"))
+        fake_kube.add_pod("research", "p3")
+        fake_kube.remove_pod("research", "p3")
 
         events = await watching.until(4)
     finally:
@@ -215,12 +202,12 @@ async def test_watch_sees_pods_added_modified_and_deleted(fake: FakeKube, pods: 
     assert events == [("ADDED", "p2"), ("MODIFIED", "p1"), ("ADDED", "p3"), ("DELETED", "p3")]
 
 
-async def test_watch_honours_the_label_selector(fake: FakeKube, pods: KubePods) -> None:
+async def test_watch_honours_the_label_selector(fake_kube: FakeKube, pods: KubePods) -> None:
     _, version = await pods.list_pods(label_selector=TASK_LABEL)
     watching = Watching(pods.watch_pods(version, label_selector=TASK_LABEL))
     try:
-        fake.add_pod("research", "web")
-        fake.add_pod("research", "task", labels=TASK_LABELS)
+        fake_kube.add_pod("research", "web")
+        fake_kube.add_pod("research", "task", labels=TASK_LABELS)
 
         events = await watching.until(1)
     finally:
@@ -230,21 +217,21 @@ async def test_watch_honours_the_label_selector(fake: FakeKube, pods: KubePods) 
 
 
 async def test_watch_relists_on_410_gone_and_reports_what_changed_meanwhile(
-    fake: FakeKube, pods: KubePods
+    fake_kube: FakeKube, pods: KubePods
 ) -> None:
-    fake.add_pod("research", "kept")
-    fake.add_pod("research", "changed")
-    fake.add_pod("research", "deleted")
+    fake_kube.add_pod("research", "kept")
+    fake_kube.add_pod("research", "changed")
+    fake_kube.add_pod("research", "deleted")
     known, version = await pods.list_pods()
-    fake.add_pod("research", "added")
-    fake.modify_pod("research", "changed", lambda p: p["spec"].update(nodeName="gpu-1"))
-    fake.remove_pod("research", "deleted")
-    fake.forget_history()  # the watch cannot resume from `version` any more
+    fake_kube.add_pod("research", "added")
+    fake_kube.modify_pod("research", "changed", lambda p: p["spec"].update(nodeName="gpu-1"))
+    fake_kube.remove_pod("research", "deleted")
+    fake_kube.forget_history()  # the watch cannot resume from `version` any more
 
     watching = Watching(pods.watch_pods(version, known))
     try:
         events = await watching.until(3)
-        fake.add_pod("research", "later")
+        fake_kube.add_pod("research", "later")
         events = await watching.until(4)
     finally:
         await watching.close()
@@ -255,36 +242,36 @@ async def test_watch_relists_on_410_gone_and_reports_what_changed_meanwhile(
         ("MODIFIED", "changed"),
     ]
     assert events[3] == ("ADDED", "later")
-    assert len(fake.requests("GET", "/api/v1/pods")) >= 3  # list, expired watch, re-list
+    assert len(fake_kube.requests("GET", "/api/v1/pods")) >= 3  # list, expired watch, re-list
 
 
 async def test_watch_resumes_from_the_last_version_when_the_stream_ends(
-    fake: FakeKube, api_client: ApiClient
+    fake_kube: FakeKube, kube_api_client: ApiClient
 ) -> None:
-    pods = KubePods(api_client, retry=FAST_RETRY, watch_timeout_s=1)
-    fake.add_pod("research", "first")
+    pods = KubePods(kube_api_client, retry=FAST_RETRY, watch_timeout_s=1)
+    fake_kube.add_pod("research", "first")
     _, version = await pods.list_pods()
     watching = Watching(pods.watch_pods(version))
     try:
-        fake.add_pod("research", "before")
+        fake_kube.add_pod("research", "before")
         await watching.until(1)
         await asyncio.sleep(1.2)  # the server ends the first stream (timeoutSeconds=1)
-        fake.add_pod("research", "after")
+        fake_kube.add_pod("research", "after")
         events = await watching.until(2)
     finally:
         await watching.close()
 
     assert events == [("ADDED", "before"), ("ADDED", "after")]
-    watch_requests = [r for r in fake.requests("GET", "/api/v1/pods") if r.query.get("watch")]
+    watch_requests = [r for r in fake_kube.requests("GET", "/api/v1/pods") if r.query.get("watch")]
     assert watch_requests[-1].query["resourceVersion"] != version
 
 
-async def test_watch_retries_after_a_server_error(fake: FakeKube, pods: KubePods) -> None:
+async def test_watch_retries_after_a_server_error(fake_kube: FakeKube, pods: KubePods) -> None:
     _, version = await pods.list_pods()
-    fake.fail_next("GET", "/api/v1/pods", 500)
+    fake_kube.fail_next("GET", "/api/v1/pods", 500)
     watching = Watching(pods.watch_pods(version))
     try:
-        fake.add_pod("research", "p1")
+        fake_kube.add_pod("research", "p1")
         events = await watching.until(1)
     finally:
         await watching.close()
@@ -293,11 +280,11 @@ async def test_watch_retries_after_a_server_error(fake: FakeKube, pods: KubePods
 
 
 async def test_a_watch_is_observed_as_a_declared_call(
-    fake: FakeKube, pods: KubePods, calls: list[ApiCall]
+    fake_kube: FakeKube, pods: KubePods, calls: list[ApiCall]
 ) -> None:
     _, version = await pods.list_pods()
     watching = Watching(pods.watch_pods(version))
-    fake.add_pod("research", "p1")
+    fake_kube.add_pod("research", "p1")
     await watching.until(1)
     await watching.close()
 
@@ -308,73 +295,77 @@ async def test_a_watch_is_observed_as_a_declared_call(
 
 
 async def test_removing_the_admission_gate_keeps_the_other_gates(
-    fake: FakeKube, pods: KubePods
+    fake_kube: FakeKube, pods: KubePods
 ) -> None:
-    fake.add_pod("research", "p", scheduling_gates=["example.com/quota", ADMISSION_GATE, "x/y"])
+    fake_kube.add_pod(
+        "research", "p", scheduling_gates=["example.com/quota", ADMISSION_GATE, "x/y"]
+    )
 
     result = await pods.remove_scheduling_gate("research", "p")
 
-    pod = fake.pod("research", "p")
+    pod = fake_kube.pod("research", "p")
     assert pod is not None
     assert (result.ok, result.changed) == (True, True)
     assert [g["name"] for g in pod["spec"]["schedulingGates"]] == ["example.com/quota", "x/y"]
 
 
 async def test_removing_a_gate_that_moved_meanwhile_rereads_and_removes_the_right_one(
-    fake: FakeKube, pods: KubePods
+    fake_kube: FakeKube, pods: KubePods
 ) -> None:
-    fake.add_pod("research", "p", scheduling_gates=["a", ADMISSION_GATE])
+    fake_kube.add_pod("research", "p", scheduling_gates=["a", ADMISSION_GATE])
 
     def someone_else_removes_gate_a() -> None:
-        fake.modify_pod(
+        fake_kube.modify_pod(
             "research", "p", lambda p: p["spec"].update(schedulingGates=[{"name": ADMISSION_GATE}])
         )
 
-    fake.before_next("PATCH", "/api/v1/namespaces/research/pods/p", someone_else_removes_gate_a)
+    fake_kube.before_next(
+        "PATCH", "/api/v1/namespaces/research/pods/p", someone_else_removes_gate_a
+    )
 
     result = await pods.remove_scheduling_gate("research", "p")
 
-    pod = fake.pod("research", "p")
+    pod = fake_kube.pod("research", "p")
     assert pod is not None
     assert result.ok
     assert pod["spec"]["schedulingGates"] == []
 
 
 async def test_removing_a_gate_that_is_not_there_makes_no_write(
-    fake: FakeKube, pods: KubePods
+    fake_kube: FakeKube, pods: KubePods
 ) -> None:
-    fake.add_pod("research", "p", scheduling_gates=["other"])
+    fake_kube.add_pod("research", "p", scheduling_gates=["other"])
 
     result = await pods.remove_scheduling_gate("research", "p")
 
     assert (result.ok, result.changed) == (True, False)
-    assert fake.writes() == []
+    assert fake_kube.writes() == []
 
 
 async def test_an_eviction_a_disruption_budget_refuses_is_reported_as_refused(
-    fake: FakeKube, pods: KubePods
+    fake_kube: FakeKube, pods: KubePods
 ) -> None:
-    fake.add_pod("research", "p", node_name="gpu-1", labels={"app": "serve"})
-    fake.add_disruption_budget("research", "serve-pdb", "app=serve", disruptions_allowed=0)
+    fake_kube.add_pod("research", "p", node_name="gpu-1", labels={"app": "serve"})
+    fake_kube.add_disruption_budget("research", "serve-pdb", "app=serve", disruptions_allowed=0)
 
     result = await pods.evict("research", "p", grace_seconds=60)
 
     assert result.outcome is EvictOutcome.REFUSED
     assert not result.ok
     assert "disruption budget" in result.detail
-    assert len(fake.requests("POST", "*/eviction")) == 1  # not retried: the caller decides
-    assert fake.pod("research", "p") is not None
+    assert len(fake_kube.requests("POST", "*/eviction")) == 1  # not retried: the caller decides
+    assert fake_kube.pod("research", "p") is not None
 
 
 async def test_an_allowed_eviction_deletes_the_pod_with_the_grace_asked_for(
-    fake: FakeKube, pods: KubePods
+    fake_kube: FakeKube, pods: KubePods
 ) -> None:
-    fake.add_pod("research", "p", node_name="gpu-1", labels={"app": "serve"})
-    fake.add_disruption_budget("research", "serve-pdb", "app=serve", disruptions_allowed=1)
+    fake_kube.add_pod("research", "p", node_name="gpu-1", labels={"app": "serve"})
+    fake_kube.add_disruption_budget("research", "serve-pdb", "app=serve", disruptions_allowed=1)
 
     result = await pods.evict("research", "p", grace_seconds=60)
 
-    pod = fake.pod("research", "p")
+    pod = fake_kube.pod("research", "p")
     assert result.outcome is EvictOutcome.EVICTED
     assert pod is not None
     assert pod["metadata"]["deletionGracePeriodSeconds"] == 60
@@ -387,14 +378,14 @@ async def test_evicting_a_pod_that_is_gone_says_so(pods: KubePods) -> None:
     assert result.ok
 
 
-async def test_force_delete_removes_a_pod_at_once(fake: FakeKube, pods: KubePods) -> None:
-    fake.add_pod("research", "p", node_name="dead-node")
+async def test_force_delete_removes_a_pod_at_once(fake_kube: FakeKube, pods: KubePods) -> None:
+    fake_kube.add_pod("research", "p", node_name="dead-node")
 
     result = await pods.force_delete("research", "p")
 
-    [request] = fake.requests("DELETE")
+    [request] = fake_kube.requests("DELETE")
     assert (result.ok, result.changed) == (True, True)
-    assert fake.pod("research", "p") is None
+    assert fake_kube.pod("research", "p") is None
     assert request.query["gracePeriodSeconds"] == "0"
 
 
@@ -406,26 +397,26 @@ async def test_force_deleting_a_pod_already_gone_is_ok_and_changes_nothing(
     assert (result.ok, result.changed) == (True, False)
 
 
-async def test_annotate_sets_and_removes_annotations(fake: FakeKube, pods: KubePods) -> None:
-    fake.add_pod("research", "p", annotations={"keep": "1", "drop": "2"})
+async def test_annotate_sets_and_removes_annotations(fake_kube: FakeKube, pods: KubePods) -> None:
+    fake_kube.add_pod("research", "p", annotations={"keep": "1", "drop": "2"})
 
     result = await pods.annotate("research", "p", {"gpuwarden.io/requeues": "1", "drop": None})
 
-    pod = fake.pod("research", "p")
+    pod = fake_kube.pod("research", "p")
     assert pod is not None
     assert result.changed
     assert pod["metadata"]["annotations"] == {"keep": "1", "gpuwarden.io/requeues": "1"}
 
 
 async def test_annotating_with_what_is_already_there_makes_no_write(
-    fake: FakeKube, pods: KubePods
+    fake_kube: FakeKube, pods: KubePods
 ) -> None:
-    fake.add_pod("research", "p", annotations={"gpuwarden.io/requeues": "1"})
+    fake_kube.add_pod("research", "p", annotations={"gpuwarden.io/requeues": "1"})
 
     result = await pods.annotate("research", "p", {"gpuwarden.io/requeues": "1", "absent": None})
 
     assert (result.ok, result.changed) == (True, False)
-    assert fake.writes() == []
+    assert fake_kube.writes() == []
 
 
 async def test_acting_on_a_missing_pod_gives_not_ok(pods: KubePods) -> None:
@@ -437,16 +428,16 @@ async def test_acting_on_a_missing_pod_gives_not_ok(pods: KubePods) -> None:
 
 
 async def test_record_event_is_about_the_pod_in_its_namespace(
-    fake: FakeKube, pods: KubePods
+    fake_kube: FakeKube, pods: KubePods
 ) -> None:
-    fake.add_pod("research", "p")
+    fake_kube.add_pod("research", "p")
     [pod], _ = await pods.list_pods()
 
     result = await pods.record_event(
         pod.ref, EventReason.TASK_REQUEUED, "node gpu-1 failed; requeued (1/3)", EventType.WARNING
     )
 
-    [event] = fake.events()
+    [event] = fake_kube.events()
     assert result.ok
     assert event["metadata"]["namespace"] == "research"
     assert (event["reason"], event["type"]) == ("TaskRequeued", "Warning")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.checks.debounce import Latch, require_positive
+from agent.checks.debounce import LatchedGpuCondition, require_latch_polls
 from agent.sample import NodeSample
 from gpuwarden_common.health import Action, Finding, Severity
 from gpuwarden_common.wire import GpuState
@@ -42,9 +42,7 @@ class ClocksConfig:
     clear_after_polls: int = 5
 
     def __post_init__(self) -> None:
-        require_positive(
-            raise_after_polls=self.raise_after_polls, clear_after_polls=self.clear_after_polls
-        )
+        require_latch_polls(self)
 
 
 class ClocksCheck:
@@ -54,31 +52,28 @@ class ClocksCheck:
         self._config = config or ClocksConfig()
         self._reasons = frozenset(normal_reason(r) for r in self._config.reasons)
         self._explained_by = frozenset(normal_reason(r) for r in self._config.explained_by)
-        self._latch = Latch(self._config.raise_after_polls, self._config.clear_after_polls)
+        self._slowdown = LatchedGpuCondition(self._config, self._unexplained, self._finding)
 
     def is_supported(self, sample: NodeSample) -> bool:
         return True
 
     def check(self, sample: NodeSample) -> tuple[Finding, ...]:
-        findings: list[Finding] = []
-        for gpu in sample.gpus:
-            if gpu.lost:
-                continue
-            reasons = clock_reasons(gpu) if gpu.clock_event_reasons else frozenset()
-            slowed = bool(reasons & self._reasons) and not reasons & self._explained_by
-            if self._latch.update(gpu.index, slowed):
-                findings.append(
-                    Finding(
-                        check=self.name,
-                        severity=Severity.WARNING,
-                        code="CLOCKS-SLOWDOWN",
-                        message=(
-                            f"GPU {gpu.index} clocks held down by hardware"
-                            f" (SM {gpu.clock_sm_mhz} MHz, reasons:"
-                            f" {', '.join(gpu.clock_event_reasons) or 'none now'})"
-                        ),
-                        action=Action.NONE,
-                        gpu_index=gpu.index,
-                    )
-                )
-        return tuple(findings)
+        return self._slowdown.findings(sample)
+
+    def _unexplained(self, gpu: GpuState) -> bool:
+        reasons = clock_reasons(gpu) if gpu.clock_event_reasons else frozenset()
+        return bool(reasons & self._reasons) and not reasons & self._explained_by
+
+    def _finding(self, gpu: GpuState) -> Finding:
+        return Finding(
+            check=self.name,
+            severity=Severity.WARNING,
+            code="CLOCKS-SLOWDOWN",
+            message=(
+                f"GPU {gpu.index} clocks held down by hardware"
+                f" (SM {gpu.clock_sm_mhz} MHz, reasons:"
+                f" {', '.join(gpu.clock_event_reasons) or 'none now'})"
+            ),
+            action=Action.NONE,
+            gpu_index=gpu.index,
+        )

@@ -1,7 +1,8 @@
 """State the checks keep between samples so that one odd reading never flips a verdict.
 
 Three shapes cover every check: a condition that must hold for N polls and clear for M polls
-(:class:`Latch`), a counter that must rise by more than X within a time window
+(:class:`Latch`; :class:`LatchedGpuCondition` when the condition is per GPU and one finding
+reports it), a counter that must rise by more than X within a time window
 (:class:`WindowedIncrease`), and a hard fault that stays for the life of the process
 (:class:`StickyFindings`).
 """
@@ -9,9 +10,12 @@ Three shapes cover every check: a condition that must hold for N polls and clear
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from typing import Protocol
 
+from agent.sample import NodeSample
 from gpuwarden_common.health import Finding, action_rank, severity_rank
+from gpuwarden_common.wire import GpuState
 
 
 def require_positive(**values: float) -> None:
@@ -19,6 +23,23 @@ def require_positive(**values: float) -> None:
     for name, value in values.items():
         if value <= 0:
             raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+class LatchPolls(Protocol):
+    """The part of a check's config that says how long a condition must hold or stay clear."""
+
+    @property
+    def raise_after_polls(self) -> int: ...
+
+    @property
+    def clear_after_polls(self) -> int: ...
+
+
+def require_latch_polls(config: LatchPolls) -> None:
+    """Validation for a config carrying :class:`LatchPolls`, named as the config's fields."""
+    require_positive(
+        raise_after_polls=config.raise_after_polls, clear_after_polls=config.clear_after_polls
+    )
 
 
 class Latch:
@@ -53,6 +74,32 @@ class Latch:
 
     def is_active(self, key: Hashable) -> bool:
         return self._active.get(key, False)
+
+
+class LatchedGpuCondition:
+    """A per-GPU condition that reports a finding for each GPU on which it is latched.
+
+    The check states the condition and how to word its finding; this keeps one :class:`Latch`
+    streak per GPU. Lost GPUs are skipped: their readings are stale and the gpu_lost check
+    speaks for them.
+    """
+
+    def __init__(
+        self,
+        polls: LatchPolls,
+        condition: Callable[[GpuState], bool],
+        finding: Callable[[GpuState], Finding],
+    ) -> None:
+        self._latch = Latch(polls.raise_after_polls, polls.clear_after_polls)
+        self._condition = condition
+        self._finding = finding
+
+    def findings(self, sample: NodeSample) -> tuple[Finding, ...]:
+        return tuple(
+            self._finding(gpu)
+            for gpu in sample.gpus
+            if not gpu.lost and self._latch.update(gpu.index, self._condition(gpu))
+        )
 
 
 class WindowedIncrease:

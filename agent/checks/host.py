@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.checks.debounce import Latch, require_positive
+from agent.checks.debounce import Latch, require_latch_polls, require_positive
 from agent.sample import NodeSample
 from gpuwarden_common.health import Action, Finding, Severity
 
@@ -19,12 +19,8 @@ class HostConfig:
     clear_after_polls: int = 3
 
     def __post_init__(self) -> None:
-        require_positive(
-            disk_full_pct=self.disk_full_pct,
-            memory_pct=self.memory_pct,
-            raise_after_polls=self.raise_after_polls,
-            clear_after_polls=self.clear_after_polls,
-        )
+        require_positive(disk_full_pct=self.disk_full_pct, memory_pct=self.memory_pct)
+        require_latch_polls(self)
 
 
 class HostCheck:
@@ -40,36 +36,35 @@ class HostCheck:
 
     def check(self, sample: NodeSample) -> tuple[Finding, ...]:
         host = sample.host
-        findings: list[Finding] = []
-        disk_pct = _percent(host.disk_used_bytes, host.disk_total_bytes)
-        if self._disk.update(
-            _HOST, disk_pct is not None and disk_pct >= self._config.disk_full_pct
-        ):
-            findings.append(
-                Finding(
-                    check=self.name,
-                    severity=Severity.WARNING,
-                    code="HOST-DISK-FULL",
-                    message=f"disk {host.disk_path}: {_show(disk_pct)}"
-                    f" (limit {self._config.disk_full_pct:g}%)",
-                    action=Action.NONE,
-                )
-            )
-        memory_pct = _percent(host.memory_used_bytes, host.memory_total_bytes)
-        if self._memory.update(
-            _HOST, memory_pct is not None and memory_pct >= self._config.memory_pct
-        ):
-            findings.append(
-                Finding(
-                    check=self.name,
-                    severity=Severity.WARNING,
-                    code="HOST-MEMORY",
-                    message=f"host memory: {_show(memory_pct)}"
-                    f" (limit {self._config.memory_pct:g}%)",
-                    action=Action.NONE,
-                )
-            )
-        return tuple(findings)
+        disk = self._usage(
+            self._disk,
+            "HOST-DISK-FULL",
+            f"disk {host.disk_path}",
+            _percent(host.disk_used_bytes, host.disk_total_bytes),
+            self._config.disk_full_pct,
+        )
+        memory = self._usage(
+            self._memory,
+            "HOST-MEMORY",
+            "host memory",
+            _percent(host.memory_used_bytes, host.memory_total_bytes),
+            self._config.memory_pct,
+        )
+        return tuple(f for f in (disk, memory) if f is not None)
+
+    def _usage(
+        self, latch: Latch, code: str, what: str, pct: float | None, limit_pct: float
+    ) -> Finding | None:
+        """A warning while usage has stayed at or over ``limit_pct`` long enough to latch."""
+        if not latch.update(_HOST, pct is not None and pct >= limit_pct):
+            return None
+        return Finding(
+            check=self.name,
+            severity=Severity.WARNING,
+            code=code,
+            message=f"{what}: {_show(pct)} (limit {limit_pct:g}%)",
+            action=Action.NONE,
+        )
 
 
 def _percent(used: int | None, total: int | None) -> float | None:
