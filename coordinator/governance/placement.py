@@ -20,12 +20,12 @@ class FreeGpus:
         self._free: dict[str, int] = {}
         self._buckets: dict[int, list[str]] = {}
         self._total = 0
-        for node in sorted(free):
+        # Full nodes are left out before sorting: in a busy cluster they are most of them.
+        for node in sorted(node for node, count in free.items() if count > 0):
             count = free[node]
-            if count > 0:
-                self._free[node] = count
-                self._buckets.setdefault(count, []).append(node)
-                self._total += count
+            self._free[node] = count
+            self._buckets.setdefault(count, []).append(node)
+            self._total += count
         self._counts = sorted(self._buckets)
 
     @property
