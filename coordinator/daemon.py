@@ -179,8 +179,10 @@ class Coordinator:
                     )
                 next_cluster = now + CLUSTER_FEED_INTERVAL_S
             self._feed_wake.clear()
+            # asyncio.timeout, not wait_for: see Remediator.run (a cancel must never be lost)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._feed_wake.wait(), max(0.05, next_cluster - now))
+                async with asyncio.timeout(max(0.05, next_cluster - now)):
+                    await self._feed_wake.wait()
 
     # --- leadership -------------------------------------------------------------------------
     async def _follow_leadership(self) -> None:

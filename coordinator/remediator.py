@@ -116,8 +116,11 @@ class Remediator:
                     except Exception:  # one node's trouble must not stop the others
                         log.exception("evaluation failed", node=name)
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands as
+            # the wake fires, and a coordinator told to stop would go on acting
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.01, next_tick - self._clock()))
+                async with asyncio.timeout(max(0.01, next_tick - self._clock())):
+                    await self._wake.wait()
 
     async def evaluate(self, name: str) -> Transition | None:
         record = self.model.node(name)
