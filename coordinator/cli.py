@@ -8,11 +8,14 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from coordinator import client
+
+if TYPE_CHECKING:
+    from coordinator.governance.policy import Policy
 
 USAGE = """usage: gpuwarden <command> [options]
 
@@ -47,7 +50,8 @@ def _read(prog: str, argv: Sequence[str], path: str,
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
-        render(Console(), data)
+        # piped output keeps whole columns (rich would squeeze tables to 80 characters)
+        render(Console() if sys.stdout.isatty() else Console(width=200), data)
     return 0
 
 
@@ -76,16 +80,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         from coordinator.demo import main as demo  # noqa: PLC0415
 
         return demo(rest)
-    if command in {"policy", "checkpoint"}:
-        handler = _EXTRA.get(command)
-        if handler is not None:
-            return handler(rest)
+    if command == "policy":
+        return policy_command(rest)
+    if command == "checkpoint":
+        from coordinator.checkpoint import main as checkpoint  # noqa: PLC0415
+
+        return checkpoint(rest, prog="gpuwarden checkpoint")
     print(f"gpuwarden: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 
 
-# commands that live with their feature (governance, demo) register here
-_EXTRA: dict[str, Callable[[list[str]], int]] = {}
+def policy_command(argv: Sequence[str], prog: str = "gpuwarden policy") -> int:
+    """``gpuwarden policy check FILE...``: validate policy files without running anything.
+    Exit 0 when every file is valid, 1 when any is refused (each problem printed as
+    ``FILE: field: reason``), 2 on a usage error."""
+    parser = argparse.ArgumentParser(prog=prog, description="work on governance policy files")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = commands.add_parser(
+        "check",
+        help="validate policy files (fields, ranges, references), print a summary",
+        description="Validate governance policy files the way the coordinator loads them.",
+    )
+    check.add_argument("files", nargs="+", metavar="FILE")
+    args = parser.parse_args(list(argv))
+    # imported here: pydantic and the models take a moment, which other commands need not pay
+    from coordinator.governance.policy import PolicyError, load_policy  # noqa: PLC0415
+
+    refused = 0
+    for path in args.files:
+        try:
+            policy = load_policy(path)
+        except PolicyError as exc:
+            refused += 1
+            for problem in exc.problems:
+                print(f"{exc.source}: {problem}", file=sys.stderr)
+            continue
+        print(f"{path}: ok: {_policy_summary(policy)}")
+    return 1 if refused else 0
+
+
+def _policy_summary(policy: Policy) -> str:
+    teams = len(policy.teams)
+    classes = len(policy.priority_classes)
+    return (
+        f"{teams} team{'s' * (teams != 1)} guaranteed {policy.total_quota()} GPUs, "
+        f"{classes} priority class{'es' * (classes != 1)}, admission {policy.admission}, "
+        f"idle compute {policy.idle_compute}"
+    )
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ class Remediator:
         if isinstance(verdict, Deny):
             self.metrics.denied.labels(verdict.reason.value).inc()
             if verdict.new_pause:
-                self._pause_alert(verdict, now)
+                await self._pause_alert(verdict, now)
             return None
         return await self._carry_out(transition, record, now)
 
@@ -244,7 +244,7 @@ class Remediator:
         return await asyncio.to_thread(self.audit.record, entry)
 
     # --- safety alerts ----------------------------------------------------------------------
-    def _pause_alert(self, deny: Deny, now: float) -> None:
+    async def _pause_alert(self, deny: Deny, now: float) -> None:
         self.metrics.paused.set(1)
         log.error("remediation paused", reason=deny.reason.value, message=deny.message)
         self.alerts.send(Alert(
@@ -252,10 +252,11 @@ class Remediator:
             summary=f"gpuwarden paused remediation: {deny.reason.value}",
             description=deny.message, labels={"reason": deny.reason.value},
         ))
-        self.audit.record(AuditEntry(
+        entry = AuditEntry(
             kind=AuditKind.ALERT, actor=self.config.actor, action="remediation-paused",
             reason=deny.message, ts=now,
-        ))
+        )
+        await self._audit(entry)
 
     def _review_pause(self, now: float) -> None:
         ended = self.gate.review(
