@@ -140,6 +140,23 @@ def in_process_timings() -> dict[str, Any]:
     }
 
 
+def _rss_by_mapping(pid: int, top: int = 10) -> dict[str, float]:
+    """Where a process's resident memory is, by mapped file ([heap], [anon] for the rest)."""
+    totals: dict[str, float] = {}
+    name = "[anon]"
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if not fields:
+                continue
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping header line
+                name = fields[5] if len(fields) > 5 else "[anon]"
+            elif fields[0] == "Rss:":
+                totals[name] = totals.get(name, 0.0) + int(fields[1]) / 1024
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return {k: round(v, 1) for k, v in ranked}
+
+
 def _fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return str(resp.read().decode())
@@ -197,9 +214,11 @@ async def run_fleet(out: Path, seconds: float) -> dict[str, Any]:
             say("  GPU load on")
             load = gpu_load(seconds / 3)
         samples.append({"t": round(elapsed, 1), "rss_mib": ps.memory_info().rss / 2**20,
+                        "uss_mib": ps.memory_full_info().uss / 2**20,
                         "cpu_s": sum(ps.cpu_times()[:2])})
         await asyncio.sleep(1)
     cpu1 = sum(ps.cpu_times()[:2])
+    rss_by_mapping = _rss_by_mapping(agent.pid)
     tw1 = time.monotonic()
     metrics = healthz = ""
     with contextlib.suppress(OSError):
@@ -235,6 +254,8 @@ async def run_fleet(out: Path, seconds: float) -> dict[str, Any]:
         "cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / (tw1 - tw0), 3),
         "rss_mib_max": round(max(s["rss_mib"] for s in samples), 1),
         "rss_mib_last": round(samples[-1]["rss_mib"], 1),
+        "uss_mib_last": round(samples[-1]["uss_mib"], 1),
+        "rss_mib_by_mapping": rss_by_mapping,
         "healthz": healthz,
         "peak_utilization_state": None if busiest is None else [
             {"index": g["index"], "util": g["utilization_gpu_pct"], "power_w": g["power_draw_w"],
