@@ -9,19 +9,26 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+from prometheus_client import CollectorRegistry
 
 from coordinator.actuators import Actuator
 from coordinator.api import build_app
 from coordinator.audit import AuditEntry, AuditKind, AuditLog
 from coordinator.daemon import Coordinator, Leadership
 from coordinator.embedded_broker import EmbeddedBroker
+from coordinator.governance.policy import Policy, PolicyError
 from coordinator.local_actuator import LocalActuator
+from coordinator.policy_watch import PolicyFile, PolicyWatch, one_line
 from coordinator.settings import CoordinatorSettings, parse_settings
-from gpuwarden_common import logs
+from coordinator.task_governance import TaskGovernance
+from gpuwarden_common import logs, sdnotify
 from gpuwarden_common.flags import SettingsError
+
+if TYPE_CHECKING:
+    from coordinator.kube_governor import KubeGovernor
 
 log = structlog.get_logger("coordinator")
 
@@ -38,7 +45,8 @@ def static_dir() -> str | None:
     return str(path) if (path / "index.html").is_file() else None
 
 
-def _kube_parts(settings: CoordinatorSettings) -> tuple[Actuator, Any]:
+def _kube_parts(settings: CoordinatorSettings) -> tuple[Actuator, Any, Any]:
+    """The node actuator, the leader elector and their API client (for task governance)."""
     # imported here: only the Kubernetes path needs the client
     from coordinator.kube import (  # noqa: PLC0415
         KubeActuator,
@@ -58,10 +66,42 @@ def _kube_parts(settings: CoordinatorSettings) -> tuple[Actuator, Any]:
         client, leader_identity(settings.identity),
         LeaseSettings(name=settings.lease_name, namespace=settings.lease_namespace),
     )
-    return actuator, elector
+    return actuator, elector, client
+
+
+def _policy_file(settings: CoordinatorSettings) -> PolicyFile | None:
+    """The ``--policy`` file, validated whole before anything starts."""
+    if settings.policy is None:
+        return None
+    try:
+        return PolicyFile.load(settings.policy)
+    except PolicyError as exc:
+        raise StartupError(f"--policy {one_line(exc)}") from None
+
+
+def _kube_governor(
+    settings: CoordinatorSettings,
+    client: Any,
+    policy: Policy,
+    audit: AuditLog,
+    registry: CollectorRegistry,
+) -> KubeGovernor:
+    # imported here: only the Kubernetes path needs the client
+    from coordinator.kube import KubePods  # noqa: PLC0415
+    from coordinator.kube_governor import GovernorSettings, KubeGovernor  # noqa: PLC0415
+
+    pods = KubePods(client)  # the client is shared; the actuator closes it
+    return KubeGovernor(
+        pods,
+        policy,
+        audit,
+        GovernorSettings(actor=settings.identity, dry_run=settings.dry_run),
+        registry=registry,
+    )
 
 
 async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
+    policy_file = _policy_file(settings)
     try:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         audit = AuditLog(settings.state_dir / "audit.sqlite3")
@@ -81,15 +121,29 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
             ) from None
     elector = None
     actuator: Actuator
+    registry = CollectorRegistry()
+    governance: TaskGovernance | None = None
+    policy_watch: PolicyWatch | None = None
     if settings.kube == "off":
         actuator = LocalActuator(settings.state_dir / "marks.json")
+        if policy_file is not None:
+            log.warning("--policy is checked but not enforced: task governance governs "
+                        "Kubernetes pods and --kube is off", policy=str(policy_file.path))
     else:
-        actuator, elector = _kube_parts(settings)
+        actuator, elector, client = _kube_parts(settings)
+        if policy_file is not None:
+            governor = _kube_governor(settings, client, policy_file.policy, audit, registry)
+            governance = governor
+            policy_watch = PolicyWatch(policy_file, governor.set_policy, audit,
+                                       actor=settings.identity, registry=registry)
     leadership: Leadership | None = elector
-    coordinator = Coordinator(settings, actuator=actuator, audit=audit, leadership=leadership)
+    coordinator = Coordinator(settings, actuator=actuator, audit=audit, leadership=leadership,
+                              governance=governance, registry=registry)
     audit.record(AuditEntry(kind=AuditKind.SYSTEM, actor=settings.identity, action="start",
                             reason="coordinator started",
-                            details={"dry_run": settings.dry_run, "kube": settings.kube}))
+                            details={"dry_run": settings.dry_run, "kube": settings.kube,
+                                     "policy": str(settings.policy) if settings.policy else None,
+                                     "governance": governance is not None}))
     runner = None
     if settings.http is not None:
         from aiohttp import web  # noqa: PLC0415
@@ -109,21 +163,35 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
              actuator=actuator.name, dry_run=settings.dry_run,
              http=None if settings.http is None else f"{settings.http.host}:{settings.http.port}")
     tasks = [asyncio.create_task(coordinator.run(), name="coordinator")]
-    if elector is not None:
-        tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
+    if policy_watch is not None:
+        tasks.append(asyncio.create_task(policy_watch.run(), name="policy-watch"))
+    election = (
+        None if elector is None
+        else asyncio.create_task(elector.run(), name="leader-election")
+    )
+    sdnotify.ready()
+    watchdog = asyncio.create_task(sdnotify.run_watchdog(lambda: True), name="sd-watchdog")
     try:
         waiter = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+        watched = [*tasks, waiter] + ([election] if election is not None else [])
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         for t in done:
-            if t is not waiter and t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
+            failure = None if t is waiter else t.exception()
+            if failure is not None:
+                raise failure
     finally:
-        if elector is not None:  # release the lease so the standby takes over at once
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(elector.stop(), SHUTDOWN_DEADLINE_S / 2)
+        sdnotify.stopping()
+        watchdog.cancel()
+        # stop acting first, then release the lease so the standby takes over at once: the
+        # other order lets two replicas act for a moment
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if elector is not None and election is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(elector.stop(), SHUTDOWN_DEADLINE_S / 2)
+            election.cancel()
+            await asyncio.gather(election, return_exceptions=True)
         if runner is not None:
             await runner.cleanup()
         await actuator.close()

@@ -173,6 +173,9 @@ class Coordinator:
             if now >= next_cluster:
                 health = self.cluster_health()
                 self.metrics.observe_capacity(self.model.capacity())
+                if self.governance is not None and self._acting:
+                    # nodes that join healthy make no transition: capacity flows from here too
+                    self.governance.set_capacity(self.model.healthy_gpus_by_node())
                 if self._acting:
                     await self.ingestor.publish_retained(
                         cluster_health_topic(self.settings.cluster), encode(health)

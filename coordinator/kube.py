@@ -42,6 +42,22 @@ from kubernetes.config.incluster_config import InClusterConfigLoader
 from kubernetes.watch.watch import iter_resp_lines
 
 from coordinator.actuators import ActionResult, NodeFacts, NodeMark
+from coordinator.pods import (  # pure pod parsing lives there, so governance needs no client
+    ADMISSION_GATE,
+    CHECKPOINT_GRACE_ANNOTATION,
+    GPU_RESOURCE,
+    LAST_CHECKPOINT_ANNOTATION,
+    MAX_REQUEUES_ANNOTATION,
+    PRIORITY_CLASS_LABEL,
+    TASK_LABEL,
+    TASK_SIZE_ANNOTATION,
+    ObjectRef,
+    PodInfo,
+    diff_pods,
+    parse_time,
+    pod_gpus,
+    pod_info_from_json,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -55,14 +71,6 @@ UNHEALTHY_TAINT_KEY: Final = "gpuwarden.io/unhealthy"
 UNHEALTHY_TAINT_EFFECT: Final = "NoSchedule"
 CORDONED_BY_ANNOTATION: Final = "gpuwarden.io/cordoned-by"
 GPU_CONDITION: Final = "GPUHealthy"
-ADMISSION_GATE: Final = "gpuwarden.io/admission"
-TASK_LABEL: Final = "gpuwarden.io/task"
-PRIORITY_CLASS_LABEL: Final = "gpuwarden.io/priority-class"
-TASK_SIZE_ANNOTATION: Final = "gpuwarden.io/task-size"
-LAST_CHECKPOINT_ANNOTATION: Final = "gpuwarden.io/last-checkpoint"
-CHECKPOINT_GRACE_ANNOTATION: Final = "gpuwarden.io/checkpoint-grace-seconds"
-MAX_REQUEUES_ANNOTATION: Final = "gpuwarden.io/max-requeues"
-GPU_RESOURCE: Final = "nvidia.com/gpu"
 INSTANCE_TYPE_LABELS: Final = (
     "node.kubernetes.io/instance-type",
     "beta.kubernetes.io/instance-type",
@@ -385,31 +393,7 @@ def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_time(value: Any) -> float | None:
-    """RFC 3339 (``...Z`` or with an offset) -> epoch seconds; None when absent or invalid."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
 # --- events -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ObjectRef:
-    """What an Event is about."""
-
-    kind: str
-    name: str
-    namespace: str = ""
-    uid: str = ""
-    api_version: str = "v1"
 
 
 class _Events:
@@ -1044,117 +1028,6 @@ class LeaderElector:
 # --- pods -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PodInfo:
-    """What governance needs to know about a pod; free of kubernetes types."""
-
-    namespace: str
-    name: str
-    uid: str
-    node_name: str | None
-    phase: str
-    task: str | None
-    priority_class: str | None
-    task_size: int | None
-    last_checkpoint: float | None
-    checkpoint_grace_s: float | None
-    max_requeues: int | None
-    gpus: int
-    gated: bool
-    created_at: float | None
-    deletion_timestamp: float | None
-    resource_version: str = ""
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
-
-    @property
-    def ref(self) -> ObjectRef:
-        return ObjectRef(kind="Pod", name=self.name, namespace=self.namespace, uid=self.uid)
-
-
-def _int_or_none(value: Any, minimum: int = 0) -> int | None:
-    try:
-        number = int(str(value).strip())
-    except (TypeError, ValueError):
-        return None
-    return number if number >= minimum else None
-
-
-def _float_or_none(value: Any) -> float | None:
-    try:
-        number = float(str(value).strip())
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) and number >= 0 else None
-
-
-def _gpu_count(resources: Mapping[str, Any] | None) -> int:
-    """A container's GPUs: its request, or its limit when it sets no request (the API server
-    defaults an extended resource's request to its limit)."""
-    resources = resources or {}
-    for section in ("requests", "limits"):
-        amount = (resources.get(section) or {}).get(GPU_RESOURCE)
-        if amount is not None:
-            return _int_or_none(amount) or 0
-    return 0
-
-
-def pod_gpus(spec: Mapping[str, Any]) -> int:
-    """The pod's effective GPU demand, as the scheduler counts it: the sum over containers, or
-    the largest init container if that is more (init containers run one at a time)."""
-    containers = sum(_gpu_count(c.get("resources")) for c in spec.get("containers") or [])
-    init = max(
-        (_gpu_count(c.get("resources")) for c in spec.get("initContainers") or []), default=0
-    )
-    return max(containers, init)
-
-
-def pod_info_from_json(pod: Mapping[str, Any]) -> PodInfo:
-    metadata = _metadata(pod)
-    spec = pod.get("spec") or {}
-    labels = metadata.get("labels") or {}
-    annotations = metadata.get("annotations") or {}
-    return PodInfo(
-        namespace=metadata.get("namespace", ""),
-        name=metadata.get("name", ""),
-        uid=metadata.get("uid", ""),
-        node_name=spec.get("nodeName") or None,
-        phase=(pod.get("status") or {}).get("phase") or "Unknown",
-        task=labels.get(TASK_LABEL),
-        priority_class=labels.get(PRIORITY_CLASS_LABEL),
-        task_size=_int_or_none(annotations.get(TASK_SIZE_ANNOTATION), minimum=1),
-        last_checkpoint=parse_time(annotations.get(LAST_CHECKPOINT_ANNOTATION)),
-        checkpoint_grace_s=_float_or_none(annotations.get(CHECKPOINT_GRACE_ANNOTATION)),
-        max_requeues=_int_or_none(annotations.get(MAX_REQUEUES_ANNOTATION)),
-        gpus=pod_gpus(spec),
-        gated=any(g.get("name") == ADMISSION_GATE for g in spec.get("schedulingGates") or []),
-        created_at=parse_time(metadata.get("creationTimestamp")),
-        deletion_timestamp=parse_time(metadata.get("deletionTimestamp")),
-        resource_version=str(metadata.get("resourceVersion", "")),
-    )
-
-
-def diff_pods(
-    known: Mapping[tuple[str, str], PodInfo], listed: Iterable[PodInfo]
-) -> list[tuple[str, PodInfo]]:
-    """The watch events that turn ``known`` into ``listed`` (after a re-list)."""
-    changes: list[tuple[str, PodInfo]] = []
-    now_present: dict[tuple[str, str], PodInfo] = {}
-    for pod in listed:
-        now_present[pod.key] = pod
-        before = known.get(pod.key)
-        if before is None or before.uid != pod.uid:
-            if before is not None:
-                changes.append(("DELETED", before))
-            changes.append(("ADDED", pod))
-        elif before != pod:
-            changes.append(("MODIFIED", pod))
-    changes.extend(("DELETED", pod) for key, pod in known.items() if key not in now_present)
-    return changes
-
-
 def _remember(seen: dict[tuple[str, str], PodInfo], change_type: str, pod: PodInfo) -> None:
     if change_type == "DELETED":
         seen.pop(pod.key, None)
@@ -1557,6 +1430,13 @@ __all__ = [
     "ADMISSION_GATE",
     "API_CALLS_USED",
     "API_GROUP_OF",
+    "CHECKPOINT_GRACE_ANNOTATION",
+    "GPU_RESOURCE",
+    "LAST_CHECKPOINT_ANNOTATION",
+    "MAX_REQUEUES_ANNOTATION",
+    "PRIORITY_CLASS_LABEL",
+    "TASK_LABEL",
+    "TASK_SIZE_ANNOTATION",
     "ApiCall",
     "ApiCallObserver",
     "EventReason",
@@ -1574,6 +1454,10 @@ __all__ = [
     "RetryPolicy",
     "api_client_for_url",
     "close_api_client",
+    "diff_pods",
     "kube_client_from",
     "leader_identity",
+    "parse_time",
+    "pod_gpus",
+    "pod_info_from_json",
 ]

@@ -333,3 +333,4 @@ def test_unit_exposure_stays_at_the_hardened_level(
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert found is not None, result.stdout[-2000:] + result.stderr
     assert float(found.group(1)) <= ceiling, result.stdout
+

@@ -1,5 +1,5 @@
-"""The agent tells systemd it is ready, feeds the watchdog while it samples, and says when it
-stops (Type=notify, WatchdogSec in systemd/gpuwarden-agent.service)."""
+"""The daemons tell systemd they are ready, feed the watchdog while they work, and say when they
+stop (Type=notify, WatchdogSec in the units under systemd/)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.brokers import Mosquitto
+from tests.brokers import Mosquitto, free_port
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def _datagrams(sock: socket.socket, want: set[str], timeout: float) -> set[str]:
@@ -28,6 +28,7 @@ def _datagrams(sock: socket.socket, want: set[str], timeout: float) -> set[str]:
     return seen
 
 
+@pytest.mark.broker
 def test_the_agent_sends_ready_watchdog_and_stopping(mosquitto: Mosquitto, tmp_path: Path) -> None:
     path = str(tmp_path / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -42,6 +43,28 @@ def test_the_agent_sends_ready_watchdog_and_stopping(mosquitto: Mosquitto, tmp_p
             seen = _datagrams(sock, {"READY=1", "WATCHDOG=1"}, timeout=20)
             proc.send_signal(signal.SIGTERM)
             seen |= _datagrams(sock, {"STOPPING=1"}, timeout=20)
+        finally:
+            proc.kill()
+            proc.wait(10)
+    assert {"READY=1", "WATCHDOG=1", "STOPPING=1"} <= seen
+
+
+def test_the_coordinator_sends_ready_watchdog_and_stopping(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "coordinator", "--embedded-broker", "--broker",
+             f"mqtt://127.0.0.1:{free_port()}", "--state", str(tmp_path / "state"),
+             "--http", "off"],
+            env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            seen = _datagrams(sock, {"READY=1", "WATCHDOG=1"}, timeout=20)
+            proc.send_signal(signal.SIGTERM)
+            seen |= _datagrams(sock, {"STOPPING=1"}, timeout=20)
+            assert proc.wait(20) == 0
         finally:
             proc.kill()
             proc.wait(10)
