@@ -121,6 +121,9 @@ class EventReason(enum.StrEnum):
     TASK_ADMITTED = "TaskAdmitted"
 
 
+_NODE_EVENT_REASONS = frozenset({"GPUFault", "NodeMarkedForRecovery"})
+
+
 class EventType(enum.StrEnum):
     NORMAL = "Normal"
     WARNING = "Warning"
@@ -614,8 +617,12 @@ class KubeActuator:
     async def mark_unhealthy(
         self, node: str, mark: NodeMark, reason: str, message: str
     ) -> ActionResult:
+        # the caller may name the Event's reason (a node recovering is still marked, but it
+        # is no new GPU fault); otherwise the mark decides it
         event_reason = (
-            EventReason.GPU_FAULT
+            EventReason(reason)
+            if reason in _NODE_EVENT_REASONS
+            else EventReason.GPU_FAULT
             if mark is NodeMark.UNSCHEDULABLE
             else EventReason.NODE_MARKED_FOR_RECOVERY
         )

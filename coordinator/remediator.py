@@ -43,6 +43,8 @@ _MARK_LIFECYCLE = {
     NodeMark.PENDING_REBOOT: Lifecycle.PENDING_REBOOT,
     NodeMark.PENDING_REPLACEMENT: Lifecycle.PENDING_REPLACEMENT,
 }
+# transitions that keep a node marked without a new fault (it rebooted, or an operator holds it)
+_NOT_A_FAULT = frozenset({Reason.NEW_BOOT, Reason.OPERATOR_HOLD})
 _EVENT_REASON = {
     Reason.RECOVERED: "NodeRecovered",
     Reason.OPERATOR_CLEAR: "NodeRecovered",
@@ -232,7 +234,8 @@ class Remediator:
             return await self.actuator.mark_healthy(
                 node, _EVENT_REASON.get(reason, "NodeRecovered"), message
             )
-        event_reason = "GPUFault" if mark is NodeMark.UNSCHEDULABLE else "NodeMarkedForRecovery"
+        fresh_fault = mark is NodeMark.UNSCHEDULABLE and reason not in _NOT_A_FAULT
+        event_reason = "GPUFault" if fresh_fault else "NodeMarkedForRecovery"
         return await self.actuator.mark_unhealthy(node, mark, event_reason, message)
 
     def _apply(self, t: Transition, record: NodeRecord, now: float) -> None:
@@ -281,7 +284,8 @@ class Remediator:
         )
         latest: dict[str, AuditRecord] = {}
         for rec in decisions:  # newest first
-            if rec.node and rec.node not in latest and not rec.dry_run:
+            lifecycle_decision = "target" in rec.details  # not a task or simulator record
+            if rec.node and rec.node not in latest and not rec.dry_run and lifecycle_decision:
                 latest[rec.node] = rec
         marked = {f.name: f for f in await self.actuator.list_marked()}
         restored = 0

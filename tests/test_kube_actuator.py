@@ -109,6 +109,15 @@ async def test_marking_unschedulable_records_a_gpu_fault_event(
     assert [e["reason"] for e in fake.events()] == ["GPUFault"]
 
 
+async def test_a_node_kept_marked_after_a_reboot_is_not_reported_as_a_new_gpu_fault(
+    fake: FakeKube, actuator: KubeActuator
+) -> None:
+    await actuator.mark_unhealthy(
+        "gpu-1", NodeMark.UNSCHEDULABLE, "NodeMarkedForRecovery", "came back on boot b2"
+    )
+    assert [e["reason"] for e in fake.events()] == ["NodeMarkedForRecovery"]
+
+
 async def test_a_second_identical_mark_makes_no_write(
     fake: FakeKube, actuator: KubeActuator
 ) -> None:
