@@ -1,9 +1,16 @@
 """Preemption: lenders reclaiming, priority within a team, victim order, and the guards
-(no ping-pong, no priority inversion, nothing beyond a team's own quota), aging."""
+(no ping-pong, no priority inversion, nothing beyond a team's own quota), aging; GPUs a
+preemptor waits for counting as its team's, room on nodes, and freed GPUs handed over."""
 
 from __future__ import annotations
 
-from coordinator.governance import PreemptCause, TaskState, effective_priority
+from coordinator.governance import (
+    Policy,
+    PreemptCause,
+    RequeueCause,
+    TaskState,
+    effective_priority,
+)
 from tests.governance_world import World, admitted, policy, team, victims
 
 
@@ -344,3 +351,160 @@ def test_gpus_a_preemptor_waits_for_are_not_lent_while_it_waits() -> None:
     world.pending("a", "more", 4, at=6)  # would borrow the 4 free ones
     decisions = world.decide(policy(team("a", 8, limit=100), team("b", 8)))
     assert (admitted(decisions), victims(decisions)) == ([], [])
+
+
+# -- GPUs a preemptor waits for are its team's -----------------------------------------------
+
+
+def test_reclaim_counts_gpus_the_team_already_awaits_this_round_and_preempts_no_more() -> None:
+    world = World(gpus=8)  # a is guaranteed 4 and holds none; b is guaranteed 2, holds 8
+    for index in range(4):
+        world.running("b", f"b{index}", 2, admitted=index)
+    for index in range(4):
+        world.pending("a", f"a{index}", 2, at=10 + index)
+    decisions = world.decide(policy(team("a", 4), team("b", 2)))
+    assert sorted(victims(decisions)) == ["b/b2", "b/b3"]
+
+
+def test_a_task_beyond_the_guarantee_once_preemptors_are_counted_says_so() -> None:
+    world = World(gpus=8)
+    for index in range(4):
+        world.running("b", f"b{index}", 2, admitted=index)
+    for index in range(3):
+        world.pending("a", f"a{index}", 2, at=10 + index)
+    decisions = world.decide(policy(team("a", 4), team("b", 2)))
+    assert "at its guarantee" in decisions.waiting["a/a2"]
+
+
+def test_gpus_awaited_from_a_priority_preemption_count_toward_the_teams_guarantee() -> None:
+    world = World(gpus=8)
+    world.running("a", "low", 2, "low", admitted=1)
+    world.running("b", "own", 2, admitted=0)
+    world.running("b", "borrowing", 4, admitted=2)  # b: 6 held, 4 of them borrowed
+    first = world.pending("a", "first", 2, "high", at=1)
+    first.preempted_by = "b/borrowing"  # so it cannot reclaim that one: it preempts "low"
+    world.pending("a", "second", 4, "high", at=2)
+    decisions = world.decide(policy(team("a", 4, preempt=True), team("b", 2)))
+    # a: 2 awaited by "first" + 4 for "second" is past its guarantee of 4: no reclaim
+    assert victims(decisions) == ["a/low"]
+
+
+def test_each_higher_priority_task_preempts_in_the_same_round_while_the_team_fits() -> None:
+    world = World(gpus=8)
+    for index in range(4):
+        world.running("a", f"low-{index}", 2, "low", admitted=index)
+    for index in range(3):
+        world.pending("a", f"high-{index}", 2, "high", at=10 + index)
+    decisions = world.decide(policy(team("a", 8, preempt=True)))
+    assert sorted(victims(decisions)) == ["a/low-1", "a/low-2", "a/low-3"]
+
+
+def test_room_promised_to_a_preemptor_of_an_earlier_round_is_not_reclaimed_again() -> None:
+    world = World(gpus=8)
+    world.running("b", "b0", 2, admitted=0)
+    world.running("b", "b1", 2, admitted=1)
+    for index, preemptor in ((2, "a/a0"), (3, "a/a1")):
+        leaving = world.running("b", f"b{index}", 2, admitted=index)
+        leaving.state, leaving.preempted_by = TaskState.PREEMPTED, preemptor
+    world.pending("a", "a0", 2, "mid", at=10)
+    world.pending("a", "a1", 2, "mid", at=11)
+    world.pending("a", "urgent", 2, "high", at=12)  # ahead of both in the queue
+    decisions = world.decide(policy(team("a", 4), team("b", 2)))
+    assert victims(decisions) == []
+    assert "at its guarantee" in decisions.waiting["a/urgent"]
+
+
+def test_gpus_freed_beyond_what_a_preemptor_needs_are_not_admitted_before_they_are_free() -> None:
+    world = World(gpus=8)
+    big = world.running("b", "big", 6, admitted=0)
+    big.state, big.preempted_by = TaskState.PREEMPTED, "a/first"  # frees 6 for a 2-GPU task
+    world.running("b", "small", 2, admitted=1)
+    world.pending("a", "first", 2, at=10)
+    world.pending("a", "second", 2, at=11)
+    decisions = world.decide(policy(team("a", 4), team("b", 4)))
+    assert admitted(decisions) == []
+
+
+# -- GPUs freed by preemption go to the preemptor ---------------------------------------------
+
+
+def released_world() -> World:
+    """``a/winner`` preempted ``a/veteran``, whose pods are gone; aging put the veteran
+    ahead of its preemptor in the queue, and its 8 GPUs are free."""
+    world = World(gpus=8)
+    world.pending("a", "winner", 8, "high", at=20)
+    veteran = world.pending("a", "veteran", 8, "mid", at=10)
+    veteran.state, veteran.requeue_cause = TaskState.REQUEUED, RequeueCause.PREEMPTION
+    veteran.preempted_by, veteran.times_preempted = "a/winner", 2
+    return world
+
+
+def aging_policy() -> Policy:
+    return policy(
+        team("a", 8, preempt=True),
+        preemption={"agingBoostPerPreemption": 20, "agingMaxBoost": 40},
+    )
+
+
+def test_gpus_freed_by_a_preemption_go_to_the_preemptor_not_back_to_the_victim() -> None:
+    decisions = released_world().decide(aging_policy())
+    assert admitted(decisions) == ["a/winner"]
+    assert "at its guarantee" in decisions.waiting["a/veteran"]
+
+
+def test_a_preemptor_that_no_longer_fits_its_guarantee_holds_nothing_back() -> None:
+    world = World(gpus=12)
+    world.running("a", "newcomer", 4, "critical", admitted=30)  # a now holds 4 of its 8
+    world.pending("a", "winner", 8, "high", at=20)  # 4 + 8 is past a's guarantee
+    victim = world.pending("b", "victim", 4, "mid", at=10)  # released: its GPUs are free
+    victim.state, victim.requeue_cause = TaskState.REQUEUED, RequeueCause.PREEMPTION
+    victim.preempted_by = "a/winner"
+    world.pending("a", "small", 4, "critical", at=25)
+    decisions = world.decide(policy(team("a", 8, lending="lend"), team("b", 4, lending="lend")))
+    assert admitted(decisions) == ["a/small", "b/victim"]
+
+
+# -- room on nodes (capacity per node) ----------------------------------------------------------
+
+
+def test_no_task_is_preempted_for_pods_that_would_still_not_fit_on_any_node() -> None:
+    world = World(nodes={"n1": 8, "n2": 8})
+    world.running("a", "own", 4, admitted=0, nodes={"n1": 4})
+    world.running("b", "own", 4, admitted=0, nodes={"n2": 4})
+    world.running("b", "on-n1", 4, admitted=1, nodes={"n1": 4})
+    world.running("b", "on-n2", 4, admitted=2, nodes={"n2": 4})
+    world.pending("a", "whole-node", 8)  # 8 GPUs would be freed, but 4 on each node
+    decisions = world.decide(policy(team("a", 12), team("b", 4)))
+    assert victims(decisions) == []
+    assert "nothing can be preempted" in decisions.waiting["a/whole-node"]
+
+
+def test_reclaim_takes_the_victims_that_make_room_on_one_node() -> None:
+    world = World(nodes={"n1": 8, "n2": 8})
+    world.running("b", "keep", 4, admitted=0, nodes={"n1": 4})
+    world.running("b", "n1-cheapest", 4, admitted=9, started=999, nodes={"n1": 4})
+    world.running("b", "n2-first", 4, admitted=2, started=900, nodes={"n2": 4})
+    world.running("b", "n2-second", 4, admitted=1, started=800, nodes={"n2": 4})
+    world.pending("a", "whole-node", 8)
+    decisions = world.decide(policy(team("a", 8), team("b", 4)), now=1000)
+    assert sorted(victims(decisions)) == ["b/n2-first", "b/n2-second"]
+
+
+def test_free_gpus_on_the_wrong_nodes_lead_to_a_reclaim_that_makes_room() -> None:
+    world = World(nodes={"n1": 8, "n2": 8})
+    world.running("b", "own", 4, admitted=0, nodes={"n2": 4})
+    world.running("b", "borrowing", 4, admitted=1, nodes={"n1": 4})
+    world.pending("a", "whole-node", 8)  # 8 GPUs are free, 4 on each node
+    decisions = world.decide(policy(team("a", 8), team("b", 4)))
+    assert victims(decisions) == ["b/borrowing"]
+
+
+def test_free_gpus_a_preemptor_will_use_are_not_placed_for_a_later_task() -> None:
+    world = World(nodes={"n1": 8, "n2": 8})
+    world.running("b", "own", 4, admitted=0, nodes={"n2": 4})
+    world.running("b", "borrowing", 4, admitted=1, nodes={"n1": 4})
+    world.pending("a", "whole-node", 8, at=1)  # will use n1: 4 free + 4 being freed
+    world.pending("c", "small", 4, at=2)
+    decisions = world.decide(policy(team("a", 8), team("b", 4), team("c", 4)))
+    [admit] = decisions.admit
+    assert (admit.task, admit.nodes) == ("c/small", (("n2", 4),))

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from coordinator.governance import (
     Capacity,
     Decisions,
+    FreeGpus,
     GovernanceState,
+    Lending,
     Policy,
     PreemptCause,
+    RequeueCause,
     Task,
     TaskState,
     decide,
     effective_priority,
     scaled_guarantees,
 )
-from tests.governance_world import CLASSES, policy, team
+from tests.governance_world import CLASSES, World, policy, team
 
 NOW = 10_000.0
 NODES = [f"n{i}" for i in range(6)]
@@ -106,6 +109,9 @@ def cases(draw: st.DrawFn) -> Case:
         if kind == "requeued":
             task.state = TaskState.REQUEUED
             task.backoff_until = draw(st.none() | st.floats(0, 2 * NOW))
+            if task.preempted_by is not None and draw(st.booleans()):
+                # a released victim: its GPUs went back to the free ones, for its preemptor
+                task.requeue_cause = RequeueCause.PREEMPTION
         state.add(task)
         keys.append(task.key)
     return Case(chosen, state)
@@ -144,6 +150,28 @@ def physically_free(case: Case) -> int:
     return case.state.capacity.healthy_gpus - held
 
 
+def reclaim_for_several_tasks() -> Case:
+    """Team a (guaranteed 4, holding none) waits with four 2-GPU tasks while team b
+    (guaranteed 2) runs four 2-GPU tasks on all 8 GPUs: reclaiming for each of a's tasks in
+    turn would free 6 GPUs for a guarantee of 4."""
+    world = World(gpus=8)
+    for index in range(4):
+        world.running("b", f"b{index}", 2, admitted=index)
+        world.pending("a", f"a{index}", 2, at=10 + index)
+    return Case(policy(team("a", 4), team("b", 2)), world.state)
+
+
+def surplus_being_freed() -> Case:
+    """A 2-GPU task waits for a 6-GPU victim to leave, and nothing else is free."""
+    world = World(gpus=8)
+    leaving = world.running("b", "big", 6, admitted=0)
+    leaving.state, leaving.preempted_by = TaskState.PREEMPTED, "a/first"
+    world.running("b", "small", 2, admitted=1)
+    world.pending("a", "first", 2, at=10)
+    world.pending("a", "second", 2, at=11)
+    return Case(policy(team("a", 4), team("b", 4)), world.state)
+
+
 def run(case: Case) -> Decisions:
     return decide(case.state, case.policy, NOW)
 
@@ -170,6 +198,7 @@ def test_no_team_is_admitted_beyond_its_quota_plus_borrow_limit(case: Case) -> N
 
 @SETTINGS
 @given(cases())
+@example(surplus_being_freed())
 def test_total_admitted_never_exceeds_the_free_healthy_capacity(case: Case) -> None:
     admitted = sum(admit.gpus for admit in run(case).admit)
     assert admitted <= max(0, physically_free(case))
@@ -270,3 +299,86 @@ def test_every_waiting_task_not_admitted_has_a_reason(case: Case) -> None:
     for key, task in case.state.tasks.items():
         if task.state.waiting and key not in admitted:
             assert decisions.waiting.get(key)
+
+
+@dataclass
+class TeamRound:
+    """One team's GPUs after a round, in the engine's own terms."""
+
+    held: int = 0
+    """GPUs of its admitted and running tasks, less those preempted this round."""
+    admitted: int = 0
+    """GPUs it was admitted this round."""
+    admitted_within: int = 0
+    """Of those, the GPUs within its guarantee (``Admit.gpus - Admit.borrowed``)."""
+    awaited: int = 0
+    """The demand of its tasks that preempted this round: they wait for those GPUs."""
+    acted: bool = False
+    """It was admitted GPUs or preempted this round."""
+
+    @property
+    def total(self) -> int:
+        return self.held + self.admitted + self.awaited
+
+
+def after_round(case: Case, decisions: Decisions) -> dict[str, TeamRound]:
+    tasks = case.state.tasks
+    used = team_used(case)
+    teams = {t.namespace: TeamRound(held=used[t.namespace]) for t in case.policy.teams}
+    for preempt in decisions.preempt:
+        victim = teams.get(tasks[preempt.victim].namespace)
+        if victim is not None:
+            victim.held -= preempt.gpus
+    for preemptor in {preempt.preemptor for preempt in decisions.preempt}:
+        team_round = teams[tasks[preemptor].namespace]
+        team_round.awaited += tasks[preemptor].gpus
+        team_round.acted = True
+    for admit in decisions.admit:
+        team_round = teams[tasks[admit.task].namespace]
+        team_round.admitted += admit.gpus
+        team_round.admitted_within += admit.gpus - admit.borrowed
+        team_round.acted = team_round.acted or admit.gpus > 0
+    return teams
+
+
+@SETTINGS
+@given(cases())
+@example(reclaim_for_several_tasks())
+def test_a_team_waits_on_preemption_for_no_more_than_its_guarantee(case: Case) -> None:
+    """Preemption only ever serves a guarantee: a team that preempted ends the round with
+    what it holds, what it waits for and what it was admitted within its guarantee all
+    inside that guarantee. (Its tasks admitted by borrowing idle GPUs come on top.)"""
+    decisions = run(case)
+    guaranteed = guarantees(case)
+    for namespace, team_round in after_round(case, decisions).items():
+        if team_round.awaited:
+            within = team_round.held + team_round.awaited + team_round.admitted_within
+            assert within <= guaranteed[namespace]
+
+
+@SETTINGS
+@given(cases())
+def test_a_team_that_acts_ends_the_round_within_its_entitlement(case: Case) -> None:
+    """Held plus admitted plus awaited by preemption never passes the guarantee plus the
+    borrow limit (for a team that borrows), once the team was admitted GPUs or preempted."""
+    teams, guaranteed = after_round(case, run(case)), guarantees(case)
+    for t in case.policy.teams:
+        team_round = teams[t.namespace]
+        borrows = t.lending is Lending.LEND_AND_BORROW
+        entitlement = guaranteed[t.namespace] + (t.borrow_limit_gpus if borrows else 0)
+        if team_round.acted:
+            assert team_round.total <= entitlement
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(NODES), st.integers(0, 8)),
+    st.lists(st.integers(0, 8), min_size=1, max_size=4),
+)
+def test_free_gpus_fit_a_gang_exactly_when_it_can_be_placed(
+    free: dict[str, int], pods: list[int]
+) -> None:
+    slots = FreeGpus(free)
+    fits = slots.fits(pods)
+    assert [slots.free_on(node) for node in NODES] == [free.get(node, 0) for node in NODES]
+    assert fits == (FreeGpus(free).place(pods) is not None)

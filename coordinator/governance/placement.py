@@ -55,9 +55,51 @@ class FreeGpus:
             placed[node] = placed.get(node, 0) + gpus
         return placed
 
+    def fits(self, pod_gpus: Sequence[int]) -> bool:
+        """Whether :meth:`place` would place the gang now; nothing changes.
+
+        Pods of one size (a single pod, or a gang of equal pods, which is most of them) are
+        answered from the buckets alone, see :meth:`slots_for`; mixed sizes are placed and
+        put back."""
+        wanted = [gpus for gpus in pod_gpus if gpus > 0]
+        if not wanted:
+            return True
+        size = wanted[0]
+        if all(gpus == size for gpus in wanted):
+            return self.slots_for(size, enough=len(wanted)) >= len(wanted)
+        placed = self.place(wanted)
+        if placed is None:
+            return False
+        self.release(placed)
+        return True
+
+    def slots_for(self, size: int, enough: int | None = None) -> int:
+        """How many pods of ``size`` GPUs the free GPUs hold, counting stopped once past
+        ``enough``. Best fit wastes nothing when every pod has the same size, so a gang of
+        ``n`` such pods fits exactly when this is at least ``n``."""
+        if size <= 0:
+            raise ValueError(f"a pod size must be positive, got {size}")
+        slots = 0
+        for count in reversed(self._counts):
+            if count < size:
+                break
+            slots += len(self._buckets[count]) * (count // size)
+            if enough is not None and slots >= enough:
+                break
+        return slots
+
     def release(self, nodes: Mapping[str, int]) -> None:
         for node, gpus in nodes.items():
             self._adjust(node, gpus)
+
+    def take(self, nodes: Mapping[str, int]) -> None:
+        """The inverse of :meth:`release`: those GPUs are no longer free. All or nothing:
+        raises ValueError, changing nothing, if a node has fewer free GPUs than asked."""
+        short = sorted(node for node, gpus in nodes.items() if gpus > self.free_on(node))
+        if short:
+            raise ValueError(f"fewer GPUs free than taken on {', '.join(short)}")
+        for node, gpus in nodes.items():
+            self._adjust(node, -gpus)
 
     def _best_fit(self, gpus: int) -> str | None:
         start = bisect.bisect_left(self._counts, gpus)
