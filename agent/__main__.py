@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -20,17 +19,13 @@ from agent.publisher import Publisher
 from agent.settings import AgentSettings, parse_settings
 from agent.spool import DirectorySpool, MemorySpool, Spool
 from agent.xid_table import XidTableError
-from gpuwarden_common import logs, sdnotify
-from gpuwarden_common.flags import SettingsError
+from gpuwarden_common import sdnotify
+from gpuwarden_common.daemon import StartupError, run_daemon, stop_on_signals
 from gpuwarden_common.wire import encode
 
 log = structlog.get_logger("agent")
 
 SHUTDOWN_DEADLINE_S = 10.0
-
-
-class StartupError(RuntimeError):
-    """One line for the operator: what is wrong and what to do."""
 
 
 def nvml_backend(settings: AgentSettings) -> tuple[Any, Any]:
@@ -70,19 +65,7 @@ async def _amain(settings: AgentSettings) -> int:
         return 0
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = {"count": 0}
-
-    def on_signal() -> None:
-        signals["count"] += 1
-        if signals["count"] > 1:
-            log.error("second signal: exiting now")
-            os._exit(1)
-        log.info("stopping (send the signal again to force)")
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    stop_on_signals(stop)
     try:
         await serve_agent(agent, stop)
     finally:
@@ -173,19 +156,11 @@ def _alive(agent: Agent) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = parse_settings(sys.argv[1:] if argv is None else argv, os.environ)
-    except SettingsError as exc:
-        print(f"gpuwarden-agent: {exc}", file=sys.stderr)
-        return 2
-    logs.configure(settings.log_level)
-    try:
-        return asyncio.run(_amain(settings))
-    except StartupError as exc:
-        print(f"gpuwarden-agent: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_daemon(
+        "gpuwarden-agent",
+        lambda: parse_settings(sys.argv[1:] if argv is None else argv, os.environ),
+        _amain,
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,8 +23,8 @@ from coordinator.local_actuator import LocalActuator
 from coordinator.policy_watch import PolicyFile, PolicyWatch, one_line
 from coordinator.settings import CoordinatorSettings, parse_settings
 from coordinator.task_governance import TaskGovernance
-from gpuwarden_common import logs, sdnotify
-from gpuwarden_common.flags import SettingsError
+from gpuwarden_common import sdnotify
+from gpuwarden_common.daemon import StartupError, run_daemon, stop_on_signals
 
 if TYPE_CHECKING:
     from coordinator.kube_governor import KubeGovernor
@@ -33,10 +32,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("coordinator")
 
 SHUTDOWN_DEADLINE_S = 10.0
-
-
-class StartupError(RuntimeError):
-    pass
 
 
 def static_dir() -> str | None:
@@ -204,36 +199,17 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
 
 async def _amain(settings: CoordinatorSettings) -> int:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    count = {"n": 0}
-
-    def on_signal() -> None:
-        count["n"] += 1
-        if count["n"] > 1:
-            os._exit(1)
-        log.info("stopping (send the signal again to force)")
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    stop_on_signals(stop)
     await run(settings, stop)
     return 0
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "gpuwarden coordinator") -> int:
-    try:
-        settings = parse_settings(sys.argv[1:] if argv is None else argv, os.environ, prog)
-    except SettingsError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    logs.configure(settings.log_level)
-    try:
-        return asyncio.run(_amain(settings))
-    except StartupError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_daemon(
+        prog,
+        lambda: parse_settings(sys.argv[1:] if argv is None else argv, os.environ, prog),
+        _amain,
+    )
 
 
 if __name__ == "__main__":
