@@ -182,11 +182,12 @@ class Demo:
         finally:
             self.say("stopping")
             stop.set()
-            for node in self.fleet.values():
-                await node.halt()
+            # the coordinator first: agents saying goodbye must not read as silent nodes
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for node in self.fleet.values():
+                await node.halt()
             if runner is not None:
                 await runner.cleanup()
             await broker.stop()
@@ -239,9 +240,10 @@ class Demo:
         for col in ("node", "lifecycle", "health", "action", "reason"):
             nodes.add_column(col)
         for n in self.coordinator.nodes():
-            if n["lifecycle"] != "healthy":
-                nodes.add_row(n["name"], n["lifecycle"], n["health"], n["action"],
-                              (n["reason"] or "")[:60])
+            if n["lifecycle"] != "healthy":  # Text: agent-supplied strings are not markup
+                nodes.add_row(*(Text(str(v)) for v in (
+                    n["name"], n["lifecycle"], n["health"], n["action"], (n["reason"] or "")[:60],
+                )))
         teams = Table(title="teams (GPUs)")
         for col in ("team", "quota", "allocated", "borrowed", "lent", "pending"):
             teams.add_column(col, justify="right")
@@ -263,12 +265,12 @@ class Demo:
                   for line in self.governor.recent if line.kind in
                   {"preempt", "requeue", "fail", "fault", "repair"}]
         for entry in self.coordinator.audit(None, None, 40):
-            if entry["kind"] == "decision" and entry["node"] and not entry["task"]:
+            if entry["kind"] == "decision" and "target" in entry["details"]:  # lifecycle only
                 lines.append((self._since(entry["ts"]),
                               f"coordinator: {entry['node']} -> {entry['action']} "
                               f"({entry['reason'][:70]})"))
         for when, what in sorted(lines)[-14:]:
-            events.add_row(f"{when:5.0f}s", what[:130])
+            events.add_row(f"{when:5.0f}s", Text(what[:130]))
         return Group(head, nodes, teams, classes, events)
 
     def _since(self, wall_ts: float) -> float:

@@ -91,7 +91,7 @@ class SimGovernor:
             return
         self._out.add(node)
         # down until the coordinator returns it: set_capacity repairs it then
-        self.sim.fail_node(node, repair_s=365 * 86400.0)
+        self.sim.fail_node(node, repair_s=None)
 
     async def run(self) -> None:
         last = self._clock()

@@ -230,8 +230,9 @@ class SimCluster:
         self._govern()
         return changes
 
-    def fail_node(self, node: str, repair_s: float) -> None:
-        """Take ``node`` down now, for ``repair_s`` seconds (the demo's fault button)."""
+    def fail_node(self, node: str, repair_s: float | None) -> None:
+        """Take ``node`` down now, for ``repair_s`` seconds, or until :meth:`repair_node` when
+        None (the coordinator decides when a node is back)."""
         if node not in self._node_gpus:
             raise KeyError(f"no node {node!r}")
         self._fault(node, repair_s)
@@ -260,7 +261,7 @@ class SimCluster:
                 gpus,
                 name not in self._down_until,
                 used.get(name, 0),
-                self._down_until.get(name),
+                _finite(self._down_until.get(name)),
             )
             for name, gpus in self._node_gpus.items()
         ]
@@ -360,16 +361,18 @@ class SimCluster:
             self.state.release(key, self.now)
             self._emit("release", key, "preempted task's GPUs are free; back in the queue")
 
-    def _fault(self, node: str, repair_s: float) -> None:
+    def _fault(self, node: str, repair_s: float | None) -> None:
         if node in self._down_until:
             return
-        self._down_until[node] = self.now + repair_s
+        self._down_until[node] = math.inf if repair_s is None else self.now + repair_s
         self._set_capacity()
         decisions = on_node_fault(self.state.tasks.values(), node, self.now, self.policy.requeue)
-        self._emit("fault", node, f"down for {repair_s / 3600:.1f} h, {len(decisions)} task(s) hit")
+        how_long = "until repaired" if repair_s is None else f"for {repair_s / 3600:.1f} h"
+        self._emit("fault", node, f"down {how_long}, {len(decisions)} task(s) hit")
         for decision in decisions:
             self._apply_fault_decision(decision)
-        self._push(self.now + repair_s, _Repair(node))
+        if repair_s is not None:
+            self._push(self.now + repair_s, _Repair(node))
 
     def _repair(self, node: str) -> None:
         if self._down_until.pop(node, None) is None:
@@ -512,3 +515,8 @@ def _percentile(ordered: list[float], fraction: float) -> float:
         return 0.0
     rank = max(1, math.ceil(fraction * len(ordered)))
     return ordered[rank - 1]
+
+
+def _finite(t: float | None) -> float | None:
+    """A repair time, or None when there is none (down until repaired)."""
+    return None if t is None or math.isinf(t) else t
