@@ -78,16 +78,17 @@ def render_nodes(console: Console, nodes: list[dict[str, Any]]) -> None:
         t.add_column(col)
     for n in nodes:
         health = str(n.get("health", "unknown"))
+        # agents supply names, types and reasons: escaped, so they cannot inject markup
         t.add_row(
-            n["name"],
+            escape(n["name"]),
             n.get("lifecycle", ""),
-            f"[{_STYLE.get(health, '')}]{health}[/]",
+            f"[{_STYLE.get(health, '')}]{escape(health)}[/]",
             n.get("action", ""),
             f"{n.get('gpus_healthy', 0)}/{n.get('gpus_total', 0)}",
-            n.get("instance_type") or "-",
+            escape(n.get("instance_type") or "-"),
             n.get("agent", ""),
             _ago(n.get("last_seen")),
-            (n.get("reason") or "")[:60],
+            escape((n.get("reason") or "")[:60]),
         )
     console.print(t)
 
