@@ -791,8 +791,9 @@ class LeaseSettings:
 
     name: str = "gpuwarden-coordinator"
     namespace: str = "gpuwarden"
-    lease_duration_s: float = 15.0
-    renew_deadline_s: float = 10.0
+    # 12 s + one jittered retry (<= 2.4 s) keeps a takeover within 15 s of the leader's death
+    lease_duration_s: float = 12.0
+    renew_deadline_s: float = 8.0
     retry_period_s: float = 2.0
     request_timeout_s: float = 5.0
 

@@ -194,3 +194,10 @@ def test_a_renew_deadline_not_shorter_than_the_lease_is_refused() -> None:
 def test_identities_of_the_same_pod_differ() -> None:
     assert leader_identity("coordinator-0") != leader_identity("coordinator-0")
     assert leader_identity("coordinator-0").startswith("coordinator-0-")
+
+
+def test_the_default_lease_lets_a_standby_take_over_within_15_seconds_of_a_death() -> None:
+    # worst case: the leader dies right after renewing; the standby sees the lease expire
+    # after lease_duration_s and tries again within one jittered retry period (x1.2)
+    settings = LeaseSettings()
+    assert settings.lease_duration_s + 1.2 * settings.retry_period_s <= 15.0
