@@ -791,9 +791,11 @@ class LeaseSettings:
 
     name: str = "gpuwarden-coordinator"
     namespace: str = "gpuwarden"
-    # 12 s + one jittered retry (<= 2.4 s) keeps a takeover within 15 s of the leader's death
-    lease_duration_s: float = 12.0
-    renew_deadline_s: float = 8.0
+    # Worst case after the leader dies just after renewing: the standby saw that renewal up to
+    # one jittered retry late (<= 2.4 s), waits the lease out, then tries at its next retry
+    # (<= 2.4 s): 10 + 2.4 + 2.4 = 14.8 s, within the 15 s the coordinator promises.
+    lease_duration_s: float = 10.0
+    renew_deadline_s: float = 7.0
     retry_period_s: float = 2.0
     request_timeout_s: float = 5.0
 
