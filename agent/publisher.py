@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ import aiomqtt
 import structlog
 
 from agent.spool import Spool
+from gpuwarden_common.backoff import backoff_delay
 from gpuwarden_common.broker import BrokerSettings
 from gpuwarden_common.wire import Kind, StatusMessage, encode, node_topic
 
@@ -64,9 +64,8 @@ class Backoff:
     max_s: float = 30.0
 
     def delays(self) -> Iterator[float]:
-        """Full jitter: a fleet restarted at once does not reconnect in lockstep."""
         for attempt in itertools.count():
-            yield random.uniform(0, min(self.max_s, self.initial_s * 2 ** min(attempt, 16)))
+            yield backoff_delay(attempt, self.initial_s, self.max_s)
 
 
 PublishHook = Callable[[Kind], None]

@@ -13,7 +13,6 @@ the last accepted ``seq``. Retained replays after a reconnect therefore come bac
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import aiomqtt
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gpuwarden_common.backoff import backoff_delay
 from gpuwarden_common.broker import BrokerSettings
 from gpuwarden_common.wire import (
     TOPIC_ROOT,
@@ -269,14 +269,6 @@ class RateMeter:
     def _trim(self, second: int) -> None:
         while self._buckets and self._buckets[0][0] <= second - self._window_s:
             self._buckets.popleft()
-
-
-def backoff_delay(
-    attempt: int, base_s: float, cap_s: float, rand: Callable[[], float] = random.random
-) -> float:
-    """Exponential with equal jitter: never zero (no hot loop), never in lockstep."""
-    ceiling = min(cap_s, base_s * 2.0 ** min(attempt, 20))
-    return ceiling / 2 + rand() * ceiling / 2
 
 
 # --- the I/O half ---------------------------------------------------------------------------

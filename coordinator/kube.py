@@ -58,6 +58,7 @@ from coordinator.pods import (  # pure pod parsing lives there, so governance ne
     pod_gpus,
     pod_info_from_json,
 )
+from gpuwarden_common.backoff import backoff_delay
 
 log = structlog.get_logger(__name__)
 
@@ -254,10 +255,7 @@ class RetryPolicy:
     conflict_attempts: int = 5
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        # Half fixed, half random: spreads many coordinators' retries without ever retrying
-        # immediately.
-        ceiling = min(self.max_delay_s, self.base_delay_s * 2.0**attempt)
-        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+        return backoff_delay(attempt, self.base_delay_s, self.max_delay_s, rng.random)
 
 
 def is_transient(exc: BaseException) -> bool:
