@@ -30,10 +30,15 @@ as Kueue's BestEffortFIFO); a task preempted often ages upward (see ``effective_
 
 Cost: one round over 10,000 tasks must stay well under 50 ms (bench/governance_decision.py).
 What keeps it there: policy look-ups resolved once per round, not per task; preemption
-candidates built one priority level at a time, only as far as preemptors reach; running
-totals and shared heads instead of rescans; room on nodes tried on an overlay that counts
-pod-sized slots instead of placing pods; and no reference cycles, so a round's objects are
-freed as it ends instead of waiting for the cyclic garbage collector.
+candidates ordered one priority level at a time, only as far as preemptors reach; running
+totals and shared heads instead of rescans, and victims taken out of the lists as they are
+preempted; cheap bounds before a preemptor's room is built; room on nodes tried on an
+overlay that counts pod-sized slots instead of placing pods (:mod:`.room`) and, once only
+room is missing, a sieve per list that drops for the whole round the tasks that can make
+room for no preemptor; waiting reasons shared by the many tasks they fit alike. And few
+objects that live through the round (a team's own tasks are made candidate objects only
+when tried, taken ones are let go, no sort keys are kept) and no reference cycles, so the
+garbage collector runs half as often and a round's objects are freed as it ends.
 """
 
 from __future__ import annotations
@@ -41,10 +46,11 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate, islice
 from operator import attrgetter
+from typing import Protocol
 
 from coordinator.governance.decisions import Admit, Decisions, Preempt, PreemptCause
 from coordinator.governance.fairshare import fair_share_key, scaled_guarantees
@@ -57,6 +63,7 @@ from coordinator.governance.policy import (
     Team,
     VictimOrder,
 )
+from coordinator.governance.room import PodShape, Reach, Room
 from coordinator.governance.tasks import GovernanceState, RequeueCause, Task, TaskState
 
 # Set membership instead of the TaskState properties: the round tests every task's state.
@@ -94,8 +101,9 @@ class _Priorities:
     """The policy's priority arithmetic, resolved once per round.
 
     A task's effective priority depends only on its class and how often it was preempted,
-    so the class table (with the default class as fallback) is built once here; a large
-    round asks for thousands of priorities. Values equal :func:`effective_priority`.
+    so the class table (with the default class as fallback) and the aging boosts are
+    tables here; a large round asks for thousands of priorities. Values equal
+    :func:`effective_priority`.
     """
 
     def __init__(self, policy: Policy) -> None:
@@ -106,18 +114,36 @@ class _Priorities:
         }
         default = policy.default_priority_class
         self._fallback = self._weights[default] if default is not None else 0
-        self._boost_step = policy.preemption.aging_boost_per_preemption
-        self._boost_cap = policy.preemption.aging_max_boost
+        self._boosts = _Boosts(
+            policy.preemption.aging_boost_per_preemption, policy.preemption.aging_max_boost
+        )
 
     def base(self, task: Task) -> int:
         """The class weight alone: what a preemptor is judged by."""
         return self._weights.get(task.priority_class, self._fallback)
 
-    def effective(self, task: Task) -> int:
-        """The class weight plus the aging boost, capped (see :func:`effective_priority`)."""
-        return self._weights.get(task.priority_class, self._fallback) + min(
-            self._boost_cap, self._boost_step * task.times_preempted
-        )
+    def effectives(self, tasks: Iterable[Task]) -> list[int]:
+        """Each task's class weight plus its aging boost, capped (see
+        :func:`effective_priority`): computed for many tasks at once, as a round ranks
+        thousands (one call instead of one per task)."""
+        weight, fallback, boosts = self._weights.get, self._fallback, self._boosts
+        return [
+            weight(task.priority_class, fallback) + boosts[task.times_preempted] for task in tasks
+        ]
+
+
+class _Boosts(dict[int, int]):
+    """The aging boost for each count of preemptions, ``min(cap, step x count)``, filled in
+    as counts are met: a round meets only a few, and a look-up costs less than the sum."""
+
+    def __init__(self, step: int, cap: int) -> None:
+        super().__init__()
+        self._step = step
+        self._cap = cap
+
+    def __missing__(self, preempted: int) -> int:
+        boost = self[preempted] = min(self._cap, self._step * preempted)
+        return boost
 
 
 def _sort_queue(queue: list[Task], admission: AdmissionOrder, priorities: _Priorities) -> None:
@@ -130,7 +156,10 @@ def _sort_queue(queue: list[Task], admission: AdmissionOrder, priorities: _Prior
     queue.sort(key=_task_key)
     queue.sort(key=_queued_at)
     if admission is AdmissionOrder.TASK_RANKING:
-        queue.sort(key=priorities.effective, reverse=True)  # reverse keeps ties in order
+        ranks = priorities.effectives(queue)
+        # reverse keeps ties in order
+        order = sorted(range(len(queue)), key=ranks.__getitem__, reverse=True)
+        queue[:] = [queue[index] for index in order]
 
 
 _task_key = attrgetter("key")
@@ -175,16 +204,24 @@ class _Book:
 class _Victim:
     """A running task as a preemption candidate, with what the choice reads copied out."""
 
-    order: tuple[object, ...]
     task: Task
     key: str
     book: _Book
     gpus: int
     effective: int
+    work_lost: float
+    """GPU-seconds since its last checkpoint (or start), as the choice and the decision
+    read them."""
+    rank: int = 0
+    """Place in its list as built (a list loses the victims taken, ranks stay)."""
+
+
+_ANY = 1 << 62
+"""A priority above every class weight and boost: "no bound"."""
 
 
 class _Candidates:
-    """Makes running tasks preemption candidates, in victim order.
+    """Makes running tasks preemption candidates and puts them in victim order.
 
     Kept apart from the round on purpose: the round caches candidates, and a cache holding
     something that refers back to the round would make a reference cycle, leaving the
@@ -195,14 +232,42 @@ class _Candidates:
         self.now = now
         self.checkpoint_aware = checkpoint_aware
 
-    def victim(self, task: Task, book: _Book, effective: int, *, borrowed: bool) -> _Victim:
-        admitted = _admitted(task)
-        order: tuple[object, ...]
+    def victim(self, task: Task, book: _Book, effective: int) -> _Victim:
+        return _Victim(task, task.key, book, task.gpus, effective, task.work_at_risk(self.now))
+
+    def sort(self, victims: list[_Victim]) -> None:
+        """DESIGN.md's order after "borrowed first", which is the same for every victim of
+        one list (a list holds either borrowed tasks or a team's own): lower priority, then
+        least work lost (checkpoint-aware), then most recently admitted, then key.
+
+        The keys are built for the sort only: kept on every victim, they would be a
+        thousand more objects that live through the round (more garbage collections)."""
         if self.checkpoint_aware:
-            order = (not borrowed, effective, task.work_at_risk(self.now), -admitted, task.key)
+            victims.sort(key=self._checkpoint_aware_key)
         else:
-            order = (not borrowed, effective, -admitted, task.key)
-        return _Victim(order, task, task.key, book, task.gpus, effective)
+            victims.sort(key=_recent_first_key)
+
+    def _checkpoint_aware_key(self, victim: _Victim) -> tuple[int, float, float, str]:
+        return (victim.effective, victim.work_lost, -_admitted(victim.task), victim.key)
+
+    def order_level(self, tasks: list[Task]) -> tuple[list[Task], list[float]]:
+        """Tasks of one priority level in victim order (as :meth:`sort` orders their
+        candidates), with the work each would lose."""
+        now = self.now
+        work = [task.work_at_risk(now) for task in tasks]
+        keys: list[tuple[float, float, str]] | list[tuple[float, str]]
+        if self.checkpoint_aware:
+            keys = [
+                (lost, -_admitted(task), task.key) for task, lost in zip(tasks, work, strict=True)
+            ]
+        else:
+            keys = [(-_admitted(task), task.key) for task in tasks]
+        order = sorted(range(len(tasks)), key=keys.__getitem__)
+        return [tasks[index] for index in order], [work[index] for index in order]
+
+
+def _recent_first_key(victim: _Victim) -> tuple[int, float, str]:
+    return (victim.effective, -_admitted(victim.task), victim.key)
 
 
 class _Round:
@@ -220,12 +285,14 @@ class _Round:
         self.waiting: dict[str, str] = {}
         self.taken: set[str] = set()
         self.reserved = 0
-        self._reclaimable: list[_Victim] | None = None
-        self._reclaim_head = 0
+        self._borrowed: _Borrowed | None = None
         self._own: dict[int, _OwnVictims] = {}
         self._levels: dict[int, _Levels] = {}
         self._reclaimable_on: dict[str, int] | None = None
         self._with_own_on: dict[int, dict[str, int]] = {}
+        self._sieves: dict[tuple[int, int, int], _Sieve] = {}
+        self._pods: dict[tuple[int, ...], PodShape] = {}
+        self._in_flight: dict[str, int] | None = None
         self.precommitted: dict[str, int] = {}
         """Waiting preemptors counted in their team's usage from the start of the round,
         with the free GPUs held for them until the guaranteed pass reaches them (see
@@ -251,6 +318,8 @@ class _Round:
         self.leaving: dict[str, list[Mapping[str, int]]] = {}
         """Where the GPUs being freed for each preemptor are (capacity per node only)."""
         self.queue: list[Task] = []
+        self.demand: dict[str, int] = {}
+        """GPUs of each task in the queue (its pods added up once: every pass reads them)."""
         held_unplaced = 0
         held_total = 0
         used_on_node: dict[str, int] = {}
@@ -310,13 +379,16 @@ class _Round:
             self.waiting[task.key] = f"backing off after a requeue until {task.backoff_until:.0f}"
         else:
             self.queue.append(task)
+            self.demand[task.key] = task.gpus
 
     def _change_used(self, book: _Book, delta: int) -> None:
         # Keeps borrowed_total current, so each preemption attempt reads the GPUs others
         # borrowed in O(1) instead of adding up every team's again.
-        self.borrowed_total -= book.borrowed
-        book.used += delta
-        self.borrowed_total += book.borrowed
+        before = book.used
+        book.used = before + delta
+        self.borrowed_total += max(0, before + delta - book.guarantee) - max(
+            0, before - book.guarantee
+        )
 
     def run(self) -> Decisions:
         if self.queue:
@@ -345,7 +417,7 @@ class _Round:
             if key not in inflight and key not in claimed:
                 continue
             book = self.book_of[task.namespace]
-            demand = task.gpus
+            demand = self.demand[key]
             if book.used + demand > book.guarantee:
                 continue
             self._change_used(book, demand)
@@ -358,11 +430,13 @@ class _Round:
 
     def _guaranteed_pass(self) -> list[Task]:
         beyond: list[Task] = []
-        book_of = self.book_of
+        book_of, demand_of = self.book_of, self.demand
         precommitted = self.precommitted
+        # Why a task waits, by team and demand: the same words for the many tasks alike.
+        unfree: dict[tuple[int, int], str] = {}
         for task in self.queue:
             book = book_of[task.namespace]
-            demand = task.gpus
+            demand = demand_of[task.key]
             if precommitted and task.key in precommitted:
                 self.reserved -= precommitted.pop(task.key)
                 self._change_used(book, -demand)
@@ -376,10 +450,13 @@ class _Round:
                     # may make room where they would fit (if not, the reason stays).
                     self._preempt_for(task, book, demand)
             elif not self._preempt_for(task, book, demand):
-                self.waiting[task.key] = (
-                    f"within team {book.team.name}'s guarantee but {demand} GPUs are not free "
-                    f"and nothing can be preempted for it"
-                )
+                reason = unfree.get((book.index, demand))
+                if reason is None:
+                    reason = unfree[book.index, demand] = (
+                        f"within team {book.team.name}'s guarantee but {demand} GPUs are not "
+                        f"free and nothing can be preempted for it"
+                    )
+                self.waiting[task.key] = reason
         return beyond
 
     # -- pass 2 ------------------------------------------------------------------------------
@@ -390,28 +467,50 @@ class _Round:
             book.idle for book in self.books if book.team.lending is Lending.DONT_LEND
         )
         borrowers: list[Task] = []
+        # One reason per team that cannot borrow: nothing it holds changes in this loop.
+        cannot_borrow: dict[int, str] = {}
         for task in beyond:
             book = self.book_of[task.namespace]
             if book.may_borrow:
                 borrowers.append(task)
-            else:
-                why = (
-                    f"lending: {book.team.lending}"
-                    if not book.team.lending.borrows
-                    else "its borrow limit is 0 GPUs"
-                )
-                self.waiting[task.key] = (
-                    f"team {book.team.name} holds {book.used} of its {book.guarantee} guaranteed "
-                    f"GPUs and cannot borrow ({why})"
-                )
+                continue
+            reason = cannot_borrow.get(book.index)
+            if reason is None:
+                reason = cannot_borrow[book.index] = self._cannot_borrow(book)
+            self.waiting[task.key] = reason
         if self.policy.idle_compute is IdleComputeAllocation.FAIR_SHARE:
             order: Iterator[Task] = self._fair_share_order(borrowers)
         else:
             order = iter(borrowers)
+        # Why a borrower waits depends on its team and demand, and on what is idle: the
+        # same for the many tasks alike until an admission changes what teams hold.
+        refusals: dict[tuple[int, int], str] = {}
         for task in order:
-            self._try_borrow(task, reserved_idle)
+            book = self.book_of[task.namespace]
+            demand = self.demand[task.key]
+            refusal = refusals.get((book.index, demand))
+            if refusal is None:
+                refusal = self._borrow_refusal(book, demand, reserved_idle)
+                if refusal is None:
+                    if self._admit_placed(task, book, demand, borrowing=True):
+                        refusals.clear()
+                    continue
+                refusals[book.index, demand] = refusal
+            self.waiting[task.key] = refusal
         admitted = {admit.task for admit in self.admits}
         return [task for task in beyond if task.key not in admitted]
+
+    @staticmethod
+    def _cannot_borrow(book: _Book) -> str:
+        why = (
+            f"lending: {book.team.lending}"
+            if not book.team.lending.borrows
+            else "its borrow limit is 0 GPUs"
+        )
+        return (
+            f"team {book.team.name} holds {book.used} of its {book.guarantee} guaranteed "
+            f"GPUs and cannot borrow ({why})"
+        )
 
     def _fair_share_order(self, borrowers: list[Task]) -> Iterator[Task]:
         """Borrowers in fair-share order: next, the team with the least borrowed per weight.
@@ -439,24 +538,21 @@ class _Round:
         book = self.books[index]
         return fair_share_key(book.borrowed, book.team.fair_share_weight, index)
 
-    def _try_borrow(self, task: Task, reserved_idle: int) -> None:
-        book = self.book_of[task.namespace]
-        demand = task.gpus
+    def _borrow_refusal(self, book: _Book, demand: int, reserved_idle: int) -> str | None:
+        """Why a task of ``book`` cannot borrow ``demand`` GPUs now; None when it may."""
         borrowed_after = book.used + demand - book.guarantee
         if borrowed_after > book.borrow_limit:
-            self.waiting[task.key] = (
+            return (
                 f"would borrow {borrowed_after} GPUs, over team {book.team.name}'s borrow "
                 f"limit of {book.borrow_limit}"
             )
-            return
         idle = self.free - self.reserved - reserved_idle
         if demand > idle:
-            self.waiting[task.key] = (
+            return (
                 f"team {book.team.name} is at its guarantee ({book.guarantee} GPUs) and only "
                 f"{max(0, idle)} idle GPUs can be borrowed, {demand} needed"
             )
-            return
-        self._admit_placed(task, book, demand, borrowing=True)
+        return None
 
     # -- pass 3 ------------------------------------------------------------------------------
 
@@ -465,7 +561,7 @@ class _Round:
             book = self.book_of[task.namespace]
             if not book.team.preempt_lower_priority or book.used > book.guarantee:
                 continue  # a team beyond its own quota never preempts for priority
-            demand = task.gpus
+            demand = self.demand[task.key]
             if book.used + demand > book.guarantee:
                 self._preempt_for(task, book, demand)
 
@@ -510,14 +606,20 @@ class _Round:
         available = max(0, self.free - self.reserved)
         need_free = demand - available - inflight
         need_quota = book.used + demand - book.guarantee
-        room = self._room_for(task)
-        if need_free <= 0 and need_quota <= 0 and (room is None or room.fits()):
+        counts_met = need_free <= 0 and need_quota <= 0
+        room = self._room_for(task) if counts_met else None
+        if counts_met and (room is None or room.fits()):
             if inflight == 0:
                 return False
             self.reserved += self._hold(room, demand - inflight, available)
             self._change_used(book, demand)
             self.waiting[task.key] = f"waiting for {inflight} GPUs being freed by preemption for it"
             return True
+        # Most attempts that cannot succeed stop at these bounds: before a room is built.
+        if not self._victims_may_suffice(task, book, need_free, need_quota):
+            return False
+        if room is None:
+            room = self._room_for(task)
         victims = self._choose_victims(task, book, need_free, need_quota, room)
         if victims is None:
             return False
@@ -529,12 +631,15 @@ class _Round:
         self.waiting[task.key] = f"preempting {len(victims)} task(s) to free {freed} GPUs for it"
         return True
 
-    def _room_for(self, task: Task) -> _Room | None:
+    def _room_for(self, task: Task) -> Room | None:
         """A trial of the free GPUs per node, with those being freed for ``task`` already
         counted; None when capacity is a count (then only counts matter)."""
         if self.slots is None or self.nodes is None:
             return None
-        room = _Room(self.slots, self.nodes, task.pod_gpus)
+        pods = self._pods.get(task.pod_gpus)
+        if pods is None:
+            pods = self._pods[task.pod_gpus] = PodShape.of(task.pod_gpus)
+        room = Room(self.slots, self.nodes, pods)
         for placement in self.leaving.get(task.key, ()):
             room.add(placement)
         return room
@@ -545,22 +650,17 @@ class _Round:
         than the real candidates (taken ones, higher priorities), which is safe: it only
         rules out nodes that stay short even so."""
         if self._reclaimable_on is None:
-            on: dict[str, int] = {}
-            for victim in self._reclaim_list():
-                _add_placement(on, victim.task.placement)
-            self._reclaimable_on = on
+            self._reclaimable_on = _gpus_on_nodes(self._borrowed_list().tasks, {})
         if not own_allowed:
             return self._reclaimable_on
         with_own = self._with_own_on.get(book.index)
         if with_own is None:
-            with_own = dict(self._reclaimable_on)
-            for member in book.members:
-                _add_placement(with_own, member.placement)
+            with_own = _gpus_on_nodes(book.members, dict(self._reclaimable_on))
             self._with_own_on[book.index] = with_own
         return with_own
 
     @staticmethod
-    def _hold(room: _Room | None, short: int, available: int) -> int:
+    def _hold(room: Room | None, short: int, available: int) -> int:
         """Reserves the free GPUs a preemptor counts on besides those being freed for it,
         and returns how many. Per node, exactly those of a placement of its pods (so no
         later task of the round is placed on them); as a count, ``short`` of them, none
@@ -576,6 +676,7 @@ class _Round:
         for victim in victims:
             target = victim.task
             self.taken.add(victim.key)
+            self._unlist(victim, book)
             self._change_used(victim.book, -victim.gpus)
             own = victim.book is book
             cause = PreemptCause.PRIORITY if own else PreemptCause.RECLAIM
@@ -597,13 +698,13 @@ class _Round:
                     cause=cause,
                     grace_s=grace if grace is not None else grace_default,
                     gpus=victim.gpus,
-                    work_lost_gpu_s=target.work_at_risk(self.now),
+                    work_lost_gpu_s=victim.work_lost,
                     reason=reason,
                 )
             )
 
     def _choose_victims(
-        self, task: Task, book: _Book, need_free: int, need_quota: int, room: _Room | None
+        self, task: Task, book: _Book, need_free: int, need_quota: int, room: Room | None
     ) -> list[_Victim] | None:
         """The fewest victims, in DESIGN.md's order, that free ``need_free`` GPUs, bring
         the team within its guarantee (``need_quota``) and, with capacity per node, leave
@@ -615,98 +716,169 @@ class _Round:
         Borrowed tasks of other teams come first (reclaim), then the team's own
         lower-priority tasks, which only a team with preemptLowerPriority that is not beyond
         its own quota may touch (so the team has no borrowed tasks of its own)."""
-        base = self.priorities.base(task)
-        own_allowed = book.team.preempt_lower_priority and book.used <= book.guarantee
-        if need_quota > 0 and not own_allowed:
+        own_allowed = self._may_preempt_own(book)
+        # Whether the pods fit, read only once the counts are met: placing is the dearer test.
+        choice = _Choice(
+            need_free, need_quota, room, fitted=room is None or (need_free <= 0 and room.fits())
+        )
+        if room is not None:
+            room.rule_out(self._could_free_on(book, own_allowed=own_allowed))
+        self._reclaim_into(choice, task, book, own_allowed=own_allowed)
+        if own_allowed and not choice.complete:
+            self._preempt_own_into(choice, task, book)
+        if not choice.complete:
             return None
-        # Upper bounds (taken tasks still count) that give up early on the many attempts
-        # that cannot succeed, before any victim is looked at. At least one victim is
-        # needed: the caller asks only when what is free (or on its way) is not enough.
-        own_bound = self._own_victims_of(book).gpus_below(base) if own_allowed else 0
+        return _pruned(choice.chosen, book, choice.left_free, choice.left_quota, room)
+
+    def _reclaim_into(self, choice: _Choice, task: Task, book: _Book, *, own_allowed: bool) -> None:
+        """Adds to ``choice`` borrowed tasks of other teams, in victim order: every one that
+        may be reclaimed while GPUs are missing, then, when only room is, those on nodes
+        that could make room (from a sieve, which has dropped the many that never could)."""
+        preempted_by = task.preempted_by
+        resume: int | None = None
+        for victim in self._live_reclaim_victims():
+            if choice.left_free <= 0:
+                resume = victim.rank
+                break
+            if self._may_reclaim(victim, book, preempted_by, choice.lowered):
+                choice.take(victim, own=False)
+        room = choice.room
+        if resume is None or room is None or choice.fitted:
+            return
+        for victim in self._sieve(None, book, own_allowed, room).from_rank(resume, _ANY):
+            if choice.fitted:
+                break
+            if room.may_help(victim.task.placement) and self._may_reclaim(
+                victim, book, preempted_by, choice.lowered
+            ):
+                choice.take(victim, own=False)
+
+    def _may_reclaim(
+        self, victim: _Victim, book: _Book, preempted_by: str | None, lowered: dict[int, int]
+    ) -> bool:
+        lender = victim.book
+        if lender is book or victim.key in self.taken:
+            return False
+        if victim.key == preempted_by:
+            return False  # the task that preempted this one, still running: no ping-pong
+        # That team back within its guarantee (with what this choice takes from it already):
+        # nothing more to reclaim from it.
+        return lender.used - lowered.get(lender.index, 0) > lender.guarantee
+
+    def _preempt_own_into(self, choice: _Choice, task: Task, book: _Book) -> None:
+        """Adds to ``choice`` the team's own tasks below the preemptor's class weight,
+        lowest priority first, as :meth:`_reclaim_into` does for borrowed ones."""
+        base = self.priorities.base(task)
+        preempted_by = task.preempted_by
+        resume: int | None = None
+        for victim in self._live_own_victims(book, base):  # none taken
+            if choice.left_free <= 0 and choice.left_quota <= 0:
+                resume = victim.rank
+                break
+            if victim.effective >= base:
+                return  # never an equal-or-higher priority task for priority reasons
+            if victim.key != preempted_by:
+                choice.take(victim, own=True)
+        room = choice.room
+        if resume is None or room is None or choice.fitted:
+            return
+        for victim in self._sieve(book, book, True, room).from_rank(resume, base):
+            if choice.fitted or victim.effective >= base:
+                break
+            if victim.key != preempted_by and room.may_help(victim.task.placement):
+                choice.take(victim, own=True)
+
+    def _sieve(self, listed: _Book | None, book: _Book, own_allowed: bool, room: Room) -> _Sieve:
+        """The sieve over the borrowed tasks of all teams (``listed`` None) or over a team's
+        own, for preemptors of ``book`` with pods the size of ``room``'s smallest."""
+        could_free_on = self._could_free_on(book, own_allowed=own_allowed)
+        key = (
+            -1 if listed is None else listed.index,
+            book.index if own_allowed else -1,
+            room.smallest,
+        )
+        sieve = self._sieves.get(key)
+        if sieve is None:
+            listing: _Listing = (
+                self._borrowed_list() if listed is None else self._own_victims_of(listed)
+            )
+            reach = room.reach(could_free_on, self._in_flight_on())
+            sieve = self._sieves[key] = _Sieve(listing, self.taken, reach)
+        return sieve
+
+    def _in_flight_on(self) -> Mapping[str, int]:
+        """GPUs per node of every preempted task still leaving, whoever preempted it."""
+        if self._in_flight is None:
+            on: dict[str, int] = {}
+            for placements in self.leaving.values():
+                for placement in placements:
+                    for node, gpus in placement.items():
+                        on[node] = on.get(node, 0) + gpus
+            self._in_flight = on
+        return self._in_flight
+
+    def _unlist(self, victim: _Victim, book: _Book) -> None:
+        """Takes a victim now preempted out of the list it was chosen from, so that later
+        preemptors do not step over it again (a borrowed one sits past the shared head,
+        behind tasks that were tried and pruned) and it is freed (one more object living
+        through the round is a step closer to a garbage collection). A task listed twice,
+        borrowed and in its own team's list, stays in the other one, where the ``taken``
+        check skips it."""
+        if victim.book is book:
+            self._own_victims_of(book).forget(victim.rank)
+        else:
+            self._borrowed_list().forget(victim)
+
+    @staticmethod
+    def _may_preempt_own(book: _Book) -> bool:
+        return book.team.preempt_lower_priority and book.used <= book.guarantee
+
+    def _victims_may_suffice(
+        self, task: Task, book: _Book, need_free: int, need_quota: int
+    ) -> bool:
+        """Upper bounds (taken tasks still count) that give up early on the many attempts
+        that cannot succeed, before any victim is looked at; part of the rule, as
+        :meth:`_choose_victims` finds no victims when they fail. At least one victim is
+        needed: the caller asks only when what is free (or on its way) is not enough."""
+        own_allowed = self._may_preempt_own(book)
+        if need_quota > 0 and not own_allowed:
+            return False
+        own_bound = (
+            self._own_victims_of(book).gpus_below(self.priorities.base(task)) if own_allowed else 0
+        )
         reclaim_bound = self.borrowed_total - book.borrowed
-        if (
+        return not (
             need_quota > own_bound
             or need_free > reclaim_bound + own_bound
             or reclaim_bound + own_bound <= 0
-        ):
-            return None
-        chosen: list[_Victim] = []
-        left_free, left_quota = need_free, need_quota
-        # Whether the pods fit, read only once the counts are met: placing is the dearer test.
-        fitted = room is None or (left_free <= 0 and room.fits())
-        if room is not None:
-            room.rule_out(self._could_free_on(book, own_allowed=own_allowed))
-        taken = self.taken
-        preempted_by = task.preempted_by
-        lowered: dict[int, int] = {}
-        for victim in self._live_reclaim_victims():
-            if left_free <= 0 and fitted:
-                break
-            lender_side = victim.book
-            if lender_side is book or victim.key in taken:
-                continue
-            if victim.key == preempted_by:
-                continue  # the task that preempted this one, still running: no ping-pong
-            if left_free <= 0 and room is not None and not room.may_help(victim.task.placement):
-                continue  # enough GPUs, only room is missing, and it is on no node of this one
-            lowered_already = lowered.get(lender_side.index, 0)
-            if lender_side.used - lowered_already <= lender_side.guarantee:
-                continue  # that team is back within its guarantee: nothing more to reclaim
-            lowered[lender_side.index] = lowered_already + victim.gpus
-            chosen.append(victim)
-            left_free -= victim.gpus
-            if room is not None:
-                room.add(victim.task.placement)
-                fitted = left_free <= 0 and room.fits()
-        if own_allowed and (left_free > 0 or left_quota > 0 or not fitted):
-            for victim in self._live_own_victims(book):
-                if left_free <= 0 and left_quota <= 0 and fitted:
-                    break
-                if victim.effective >= base:
-                    break  # never an equal-or-higher priority task for priority reasons
-                if victim.key in taken or victim.key == preempted_by:
-                    continue
-                if (
-                    left_free <= 0
-                    and left_quota <= 0
-                    and room is not None
-                    and not room.may_help(victim.task.placement)
-                ):
-                    continue
-                chosen.append(victim)
-                left_free -= victim.gpus
-                left_quota -= victim.gpus
-                if room is not None:
-                    room.add(victim.task.placement)
-                    fitted = left_free <= 0 and room.fits()
-        if left_free > 0 or left_quota > 0 or not fitted:
-            return None
-        return _pruned(chosen, book, left_free, left_quota, room)
+        )
 
     def _live_reclaim_victims(self) -> Iterator[_Victim]:
         """Tasks running on borrowed GPUs, of every team, in victim order, from the first one
         still available (a shared head skips those taken or no longer reclaimable, so many
         preemptors in one round do not rescan them)."""
-        victims = self._reclaim_list()
-        head = self._reclaim_head
+        borrowed = self._borrowed_list()
+        victims, head = borrowed.live, borrowed.head
         while head < len(victims) and (
             victims[head].key in self.taken
             or victims[head].book.used <= victims[head].book.guarantee
         ):
             head += 1
-        self._reclaim_head = head
+        borrowed.head = head
         return islice(victims, head, None)
 
-    def _reclaim_list(self) -> list[_Victim]:
+    def _borrowed_list(self) -> _Borrowed:
         """Every team's borrowed tasks in victim order, built on first use."""
-        if self._reclaimable is None:
+        if self._borrowed is None:
             victims: list[_Victim] = []
             for book in self.books:
                 if book.borrowed > 0:
                     victims.extend(self._borrowed_victims(book))
-            victims.sort(key=_order_of)
-            self._reclaimable = victims
-        return self._reclaimable
+            self.candidates.sort(victims)
+            for rank, victim in enumerate(victims):
+                victim.rank = rank
+            self._borrowed = _Borrowed(victims)
+        return self._borrowed
 
     def _levels_of(self, book: _Book) -> _Levels:
         levels = self._levels.get(book.index)
@@ -728,14 +900,14 @@ class _Round:
         for effective in reversed(levels.ascending):
             members = levels.tasks[effective]
             if filled > book.guarantee:
-                victims.extend(make(m, book, effective, borrowed=True) for m in members)
+                victims.extend(make(member, book, effective) for member in members)
             elif filled + levels.gpus[effective] <= book.guarantee:
                 filled += levels.gpus[effective]
             else:
                 for member in sorted(members, key=_admitted_then_key):
                     filled += member.gpus
                     if filled > book.guarantee:
-                        victims.append(make(member, book, effective, borrowed=True))
+                        victims.append(make(member, book, effective))
         return victims
 
     def _own_victims_of(self, book: _Book) -> _OwnVictims:
@@ -747,12 +919,111 @@ class _Round:
             self._own[book.index] = own
         return own
 
-    def _live_own_victims(self, book: _Book) -> Iterator[_Victim]:
-        return self._own_victims_of(book).from_head(self.taken)
+    def _live_own_victims(self, book: _Book, below: int) -> Iterator[_Victim]:
+        return self._own_victims_of(book).from_head(self.taken, below)
+
+
+@dataclass(slots=True)
+class _Choice:
+    """One preemptor's victims as the greedy search takes them, and what is still missing."""
+
+    left_free: int
+    left_quota: int
+    room: Room | None
+    fitted: bool
+    chosen: list[_Victim] = field(default_factory=list)
+    lowered: dict[int, int] = field(default_factory=dict)
+    """GPUs taken so far from each lending team (by team index)."""
+
+    @property
+    def complete(self) -> bool:
+        return self.left_free <= 0 and self.left_quota <= 0 and self.fitted
+
+    def take(self, victim: _Victim, *, own: bool) -> None:
+        self.chosen.append(victim)
+        self.left_free -= victim.gpus
+        if own:
+            self.left_quota -= victim.gpus
+        else:
+            self.lowered[victim.book.index] = self.lowered.get(victim.book.index, 0) + victim.gpus
+        if self.room is not None:
+            self.room.add(victim.task.placement)
+            self.fitted = self.left_free <= 0 and self.room.fits()
+
+
+class _Listing(Protocol):
+    """A list of candidates in victim order, read by rank, that may grow."""
+
+    def ranked(self) -> int:
+        """How many are ordered so far (ranks 0 to this, exclusive)."""
+        ...
+
+    def task_at(self, rank: int) -> Task: ...
+
+    def victim_at(self, rank: int) -> _Victim: ...
+
+    def build_next_level(self, below: int) -> bool:
+        """Orders more, below priority ``below``; False when there are none."""
+        ...
+
+
+class _Sieve:
+    """The victims of one list that might still make room for pods of one size, for the
+    preemptors that count the same candidates per node.
+
+    Once the GPUs are enough and only room is missing, a preemptor tries only the tasks
+    on nodes that could hold a pod (:meth:`Room.may_help`); in a full cluster most are
+    on no such node, and a round has dozens of preemptors that try the same tasks in the
+    same order. A task that can help none of them (:meth:`Reach.never_helps`) is dropped
+    here for good when it is first met, as are taken ones, so later preemptors step over
+    it no more (and it is never made a candidate object). Those kept are tried exactly as
+    before: the choice is the same."""
+
+    def __init__(self, listing: _Listing, taken: set[str], reach: Reach) -> None:
+        self._listing = listing
+        self._taken = taken
+        self._reach = reach
+        self._kept: list[int] = []
+        """Ranks of the victims that may still help, in order."""
+        self._seen = 0
+        """Every rank below is kept, or was dropped."""
+        self._tried = 0
+        """Ranks below were tested by :meth:`Reach.never_helps` (or passed over)."""
+
+    def from_rank(self, rank: int, below: int) -> Iterator[_Victim]:
+        """The victims from ``rank`` on, in order, not taken, that may help (ordering no
+        more of the list than priority ``below``)."""
+        while self._seen <= rank and self._pull(below):
+            pass
+        kept, listing, taken = self._kept, self._listing, self._taken
+        never_helps = self._reach.never_helps
+        index = bisect.bisect_left(kept, rank)
+        while index < len(kept) or self._pull(below):
+            at = kept[index]
+            task = listing.task_at(at)
+            if task.key in taken or (at >= self._tried and never_helps(task.placement)):
+                del kept[index]
+                continue
+            # Tested once only: a victim kept goes through each preemptor's own test as
+            # before, so testing it again as the free GPUs shrink could only save time.
+            self._tried = max(self._tried, at + 1)
+            yield listing.victim_at(at)
+            index += 1
+
+    def _pull(self, below: int) -> bool:
+        """Takes in the ranks not seen yet, ordering more of the list if need be; False
+        when there are none."""
+        listing = self._listing
+        if self._seen == listing.ranked() and not listing.build_next_level(below):
+            return False
+        end = listing.ranked()
+        self._kept.extend(range(self._seen, end))
+        self._seen = end
+        return True
 
 
 def _pruned(
-    chosen: list[_Victim], book: _Book, left_free: int, left_quota: int, room: _Room | None
+    chosen: list[_Victim], book: _Book, left_free: int, left_quota: int, room: Room | None
 ) -> list[_Victim]:
     """``chosen`` less the victims, latest first, whose GPUs are not needed after all
     (``left_free`` and ``left_quota`` are at or below zero: what the set frees beyond need;
@@ -775,121 +1046,12 @@ def _pruned(
     return kept
 
 
-class _Room:
-    """The free GPUs per node as they will be once some running tasks are gone, and
-    whether a task's pods fit on them, as an overlay on the round's :class:`FreeGpus`
-    (victims leave only after their grace, so their GPUs are never free to anyone else).
-
-    A preemptor may try dozens of victims, so for pods of one size the overlay keeps the
-    count of pod-sized slots up to date as victims come and go: each step is a few
-    additions instead of a placement. Mixed sizes are placed for real and put back."""
-
-    def __init__(self, slots: FreeGpus, nodes: Mapping[str, int], pods: Sequence[int]) -> None:
-        self._slots = slots
-        self._free_on = slots.free_on
-        self._nodes = nodes
-        self._pods = [gpus for gpus in pods if gpus > 0]
-        self._leaving: dict[str, int] = {}
-        """GPUs per node that will be free once the victims tried so far are gone."""
-        size = self._pods[0] if self._pods else 0
-        self._size = size if all(gpus == size for gpus in self._pods) else 0
-        # Pod-sized slots now, plus what the leaving GPUs add (uniform pods only).
-        self._slots_now = slots.slots_for(size) if self._size else 0
-        self._slots_gained = 0
-        self._smallest = min(self._pods, default=0)
-        self._could_free_on: Mapping[str, int] = {}
-
-    def rule_out(self, could_free_on: Mapping[str, int]) -> None:
-        """Every running GPU that could be freed at all, per node (see :meth:`may_help`)."""
-        self._could_free_on = could_free_on
-
-    def may_help(self, placement: Mapping[str, int]) -> bool:
-        """Whether freeing that task's GPUs could ever matter: some node of it could hold
-        the smallest pod once every candidate there were gone. A task on nodes that never
-        could is not worth trying: it would only be pruned again."""
-        for node, gpus in placement.items():
-            if gpus <= 0 or node not in self._nodes:
-                continue
-            could_free = (
-                self._free_on(node) + self._leaving.get(node, 0) + self._could_free_on.get(node, 0)
-            )
-            if could_free >= self._smallest:
-                return True
-        return False
-
-    def add(self, placement: Mapping[str, int]) -> None:
-        """A task's GPUs that will be free (a node that is down frees nothing)."""
-        self._shift(placement, 1)
-
-    def remove(self, placement: Mapping[str, int]) -> None:
-        self._shift(placement, -1)
-
-    def _shift(self, placement: Mapping[str, int], sign: int) -> None:
-        # Locals: a round shifts tens of thousands of placements.
-        size, leaving, healthy, free_on = self._size, self._leaving, self._nodes, self._free_on
-        gained = 0
-        for node, gpus in placement.items():
-            if gpus <= 0 or node not in healthy:
-                continue
-            before = leaving.get(node, 0)
-            after = before + sign * gpus
-            leaving[node] = after
-            if size:
-                free = free_on(node)
-                gained += (free + after) // size - (free + before) // size
-        self._slots_gained += gained
-
-    def fits(self) -> bool:
-        if not self._pods:
-            return True
-        if self._size:
-            return self._slots_now + self._slots_gained >= len(self._pods)
-        leaving = self._leaving_now()
-        self._slots.release(leaving)
-        try:
-            return self._slots.fits(self._pods)
-        finally:
-            self._slots.take(leaving)
-
-    def fits_without(self, placement: Mapping[str, int]) -> bool:
-        """Whether the pods still fit without that task's GPUs; if so they stay out."""
-        self.remove(placement)
-        if self.fits():
-            return True
-        self.add(placement)
-        return False
-
-    def hold(self) -> int:
-        """Takes out of the round's free GPUs those free now that a placement of the pods
-        uses besides the leaving ones, and returns how many: no later task of the round
-        is placed on GPUs a preemptor counts on."""
-        leaving = self._leaving_now()
-        self._slots.release(leaving)
-        placed = self._slots.place(self._pods)
-        if placed is not None:
-            self._slots.release(placed)
-        self._slots.take(leaving)
-        if placed is None:
-            return 0
-        held = {
-            node: gpus - leaving.get(node, 0)
-            for node, gpus in placed.items()
-            if gpus > leaving.get(node, 0)
-        }
-        self._slots.take(held)
-        return sum(held.values())
-
-    def _leaving_now(self) -> dict[str, int]:
-        return {node: gpus for node, gpus in self._leaving.items() if gpus > 0}
-
-
-def _add_placement(total: dict[str, int], placement: Mapping[str, int]) -> None:
-    for node, gpus in placement.items():
-        total[node] = total.get(node, 0) + gpus
-
-
-def _order_of(victim: _Victim) -> tuple[object, ...]:
-    return victim.order
+def _gpus_on_nodes(tasks: Iterable[Task], total: dict[str, int]) -> dict[str, int]:
+    """``total`` plus the GPUs of ``tasks`` on each node."""
+    for task in tasks:
+        for node, gpus in task.placement.items():
+            total[node] = total.get(node, 0) + gpus
+    return total
 
 
 def _admitted_then_key(task: Task) -> tuple[float, str]:
@@ -905,8 +1067,7 @@ class _Levels:
     def __init__(self, members: list[Task], priorities: _Priorities) -> None:
         self.tasks: dict[int, list[Task]] = {}
         self.gpus: dict[int, int] = {}
-        for member in members:
-            effective = priorities.effective(member)
+        for member, effective in zip(members, priorities.effectives(members), strict=True):
             level = self.tasks.get(effective)
             if level is None:
                 self.tasks[effective] = [member]
@@ -918,18 +1079,26 @@ class _Levels:
 
 
 class _OwnVictims:
-    """A team's tasks in victim order (lowest priority first), built a level at a time as
-    preemptors reach it (a preemptor stops at its own class weight, so the levels above
-    are usually never built), with a head past those taken and the GPUs below any priority
-    for a quick bound."""
+    """A team's tasks in victim order (lowest priority first), ordered a level at a time
+    as preemptors reach it (a preemptor stops at its own class weight, so the levels above
+    are usually never ordered), with a head past those taken and the GPUs below any
+    priority for a quick bound.
+
+    A task is made a candidate (:class:`_Victim`) only when a preemptor looks at it: most
+    are not (the sieve rules them out by their nodes), and one object for each would be a
+    thousand more that live through the round, and more garbage collections."""
 
     def __init__(self, levels: _Levels, book: _Book, candidates: _Candidates) -> None:
-        self.victims: list[_Victim] = []
         self.head = 0
         self._levels = levels
         self._book = book
         self._candidates = candidates
         self._built = 0
+        # By rank (the place in victim order): the task, its priority level and its work.
+        self._tasks: list[Task] = []
+        self._effective: list[int] = []
+        self._work: list[float] = []
+        self._made: dict[int, _Victim] = {}
         self._cumulative = list(
             accumulate((levels.gpus[level] for level in levels.ascending), initial=0)
         )
@@ -938,24 +1107,86 @@ class _OwnVictims:
         """GPUs of the team's tasks below ``priority``, taken ones included."""
         return self._cumulative[bisect.bisect_left(self._levels.ascending, priority)]
 
-    def from_head(self, taken: set[str]) -> Iterator[_Victim]:
-        """The victims in order from the first one not taken, building levels on demand."""
-        victims = self.victims
-        while self.head < len(victims) and victims[self.head].key in taken:
-            self.head += 1
-        index = self.head
-        while index < len(victims) or self._build_next_level():
-            yield victims[index]
-            index += 1
+    def ranked(self) -> int:
+        return len(self._tasks)
 
-    def _build_next_level(self) -> bool:
+    def task_at(self, rank: int) -> Task:
+        return self._tasks[rank]
+
+    def victim_at(self, rank: int) -> _Victim:
+        victim = self._made.get(rank)
+        if victim is None:
+            task = self._tasks[rank]
+            victim = self._made[rank] = _Victim(
+                task,
+                task.key,
+                self._book,
+                task.gpus,
+                self._effective[rank],
+                self._work[rank],
+                rank,
+            )
+        return victim
+
+    def forget(self, rank: int) -> None:
+        """A victim taken: it is skipped from now on, and need not live on."""
+        self._made.pop(rank, None)
+
+    def from_head(self, taken: set[str], below: int) -> Iterator[_Victim]:
+        """The victims in order from the first one not taken, skipping those taken,
+        ordering the levels below priority ``below`` on demand (those at or above it may
+        be ordered already)."""
+        tasks = self._tasks
+        while self.head < len(tasks) and tasks[self.head].key in taken:
+            self.head += 1
+        rank = self.head
+        while rank < len(tasks) or self.build_next_level(below):
+            if tasks[rank].key not in taken:
+                yield self.victim_at(rank)
+            rank += 1
+
+    def build_next_level(self, below: int) -> bool:
+        """Orders the next priority level's tasks after those ordered, if it is below
+        priority ``below`` (no preemptor takes a task of its own priority or above);
+        False when none is."""
         ascending = self._levels.ascending
-        if self._built == len(ascending):
+        if self._built == len(ascending) or ascending[self._built] >= below:
             return False
         level = ascending[self._built]
-        make, book = self._candidates.victim, self._book
-        victims = [make(task, book, level, borrowed=False) for task in self._levels.tasks[level]]
-        victims.sort(key=_order_of)
-        self.victims.extend(victims)
+        tasks, work = self._candidates.order_level(self._levels.tasks[level])
+        self._tasks.extend(tasks)
+        self._work.extend(work)
+        self._effective.extend([level] * len(tasks))
         self._built += 1
         return True
+
+
+class _Borrowed:
+    """The borrowed tasks of every team as candidates, in victim order: as a live list
+    that loses the victims taken (preemptors walk it from a shared head), and by rank for
+    the sieves (a rank stays as victims are taken)."""
+
+    def __init__(self, victims: list[_Victim]) -> None:
+        self.live = victims
+        self.head = 0
+        self.tasks = [victim.task for victim in victims]
+        """All of them, by rank."""
+        self._victims = {victim.rank: victim for victim in victims}
+
+    def ranked(self) -> int:
+        return len(self.tasks)
+
+    def task_at(self, rank: int) -> Task:
+        return self.tasks[rank]
+
+    def victim_at(self, rank: int) -> _Victim:
+        return self._victims[rank]
+
+    def build_next_level(self, below: int) -> bool:
+        return False  # all built at once: they are ordered across teams
+
+    def forget(self, victim: _Victim) -> None:
+        """A victim taken: out of the live list (it is past the head: nothing moves), and
+        no sieve yields it again."""
+        del self.live[self.live.index(victim, self.head)]
+        del self._victims[victim.rank]

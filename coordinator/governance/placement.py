@@ -35,6 +35,12 @@ class FreeGpus:
     def free_on(self, node: str) -> int:
         return self._free.get(node, 0)
 
+    @property
+    def by_node(self) -> Mapping[str, int]:
+        """The free GPUs per node (nodes with none left out), kept current as placements
+        are made: a view for hot loops, whose ``get`` costs no Python call."""
+        return self._free
+
     def place(self, pod_gpus: Sequence[int]) -> dict[str, int] | None:
         """Place all pods or none: GPUs per node, or None (nothing changes) when the gang
         does not fit."""
@@ -95,16 +101,17 @@ class FreeGpus:
     def take(self, nodes: Mapping[str, int]) -> None:
         """The inverse of :meth:`release`: those GPUs are no longer free. All or nothing:
         raises ValueError, changing nothing, if a node has fewer free GPUs than asked."""
-        short = sorted(node for node, gpus in nodes.items() if gpus > self.free_on(node))
-        if short:
+        free = self._free
+        if any(gpus > free.get(node, 0) for node, gpus in nodes.items()):
+            short = sorted(node for node, gpus in nodes.items() if gpus > free.get(node, 0))
             raise ValueError(f"fewer GPUs free than taken on {', '.join(short)}")
         for node, gpus in nodes.items():
             self._adjust(node, -gpus)
 
     def _best_fit(self, gpus: int) -> str | None:
-        start = bisect.bisect_left(self._counts, gpus)
-        for count in self._counts[start:]:
-            bucket = self._buckets[count]
+        counts = self._counts
+        for index in range(bisect.bisect_left(counts, gpus), len(counts)):
+            bucket = self._buckets[counts[index]]
             if bucket:
                 return bucket[0]
         return None
