@@ -13,7 +13,7 @@ import structlog
 
 from agent.daemon import Agent
 from agent.host import read_boot_id
-from agent.http import Liveness, build_app, serve
+from agent.http import Liveness, build_app
 from agent.nvml_collector import NvmlUnavailable
 from agent.publisher import Publisher
 from agent.settings import AgentSettings, parse_settings
@@ -21,6 +21,7 @@ from agent.spool import DirectorySpool, MemorySpool, Spool
 from agent.xid_table import XidTableError
 from gpuwarden_common import sdnotify
 from gpuwarden_common.daemon import StartupError, run_daemon, stop_on_signals
+from gpuwarden_common.http import serve
 from gpuwarden_common.wire import encode
 
 log = structlog.get_logger("agent")
@@ -103,13 +104,7 @@ async def serve_agent(agent: Agent, stop: asyncio.Event, *, say_goodbye: bool = 
                     publisher.spool_depth(),
                 ),
             )
-            try:
-                runner = await serve(app, settings.http.host, settings.http.port)
-            except OSError as exc:
-                raise StartupError(
-                    f"--http {settings.http.host}:{settings.http.port}: cannot listen ({exc}); "
-                    "pick another port or --http off"
-                ) from None
+            runner = await serve(app, settings.http)
         log.info(
             "agent started",
             node=settings.node,

@@ -46,9 +46,3 @@ def build_app(registry: CollectorRegistry, liveness: Callable[[], Liveness]) -> 
     app.router.add_get("/metrics", metrics)
     return app
 
-
-async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner

@@ -25,6 +25,7 @@ from coordinator.settings import CoordinatorSettings, parse_settings
 from coordinator.task_governance import TaskGovernance
 from gpuwarden_common import sdnotify
 from gpuwarden_common.daemon import StartupError, run_daemon, stop_on_signals
+from gpuwarden_common.http import serve
 
 if TYPE_CHECKING:
     from coordinator.kube_governor import KubeGovernor
@@ -141,19 +142,9 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
                                      "governance": governance is not None}))
     runner = None
     if settings.http is not None:
-        from aiohttp import web  # noqa: PLC0415
-
         app = build_app(coordinator, coordinator.registry, api_token=settings.api_token,
                         static_dir=static_dir())
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, settings.http.host, settings.http.port).start()
-        except OSError as exc:
-            raise StartupError(
-                f"--http {settings.http.host}:{settings.http.port}: cannot listen ({exc}); "
-                "pick another port or --http off"
-            ) from None
+        runner = await serve(app, settings.http)
     log.info("coordinator started", cluster=settings.cluster, broker=settings.broker.display,
              actuator=actuator.name, dry_run=settings.dry_run,
              http=None if settings.http is None else f"{settings.http.host}:{settings.http.port}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import signal
 import socket
 import sys
@@ -44,6 +43,8 @@ from coordinator.local_actuator import LocalActuator
 from coordinator.settings import parse_settings as parse_coordinator_settings
 from coordinator.sim_governor import SimGovernor
 from gpuwarden_common import logs
+from gpuwarden_common.daemon import StartupError
+from gpuwarden_common.http import serve
 
 CLUSTER = "demo"
 DATA = Path(__file__).parent / "data"  # the demo policy and workload ship with the package
@@ -151,13 +152,9 @@ class Demo:
         tasks: list[asyncio.Task[Any]] = []
         try:
             if settings.http is not None:
-                from aiohttp import web  # noqa: PLC0415
-
                 app = build_app(coordinator, coordinator.registry, api_token=None,
                                 static_dir=static_dir())
-                runner = web.AppRunner(app, access_log=None)
-                await runner.setup()
-                await web.TCPSite(runner, settings.http.host, settings.http.port).start()
+                runner = await serve(app, settings.http)
             tasks.append(asyncio.create_task(coordinator.run(), name="coordinator"))
             self.started = time.monotonic()
             nodes = workload.cluster.node_names()
@@ -319,11 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return asyncio.run(amain())
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        print(f"gpuwarden demo: {exc}; is --http {args.http} in use? try --http 127.0.0.1:8090",
-              file=sys.stderr)
+    except StartupError as exc:
+        print(f"gpuwarden demo: {exc}", file=sys.stderr)
         return 2
     finally:
         log_file.close()

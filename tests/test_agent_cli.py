@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,19 @@ def test_a_bad_xid_table_names_the_file_the_code_and_the_field(tmp_path: Path) -
     done = _agent("--once", "--gpu-backend", "sim", "--xid-table", str(table))
     assert done.returncode == 2
     assert str(table) in done.stderr and "94" in done.stderr and "severity" in done.stderr
+
+
+def test_an_http_port_in_use_is_one_line_that_says_what_to_do() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "agent", "--gpu-backend", "sim", "--kmsg", "off",
+             "--broker", "mqtt://127.0.0.1:1", "--http", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"--http 127.0.0.1:{port}: cannot listen" in last and "--http off" in last
+    assert "Traceback" not in done.stderr
