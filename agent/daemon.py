@@ -30,7 +30,7 @@ from agent.settings import AgentSettings
 from agent.verdict import Verdict, apply_verdict
 from agent.xid_events import XidEventWatcher
 from agent.xid_table import XidHistory, XidTable
-from gpuwarden_common.health import Action, Finding, Health, Severity
+from gpuwarden_common.health import Action, Finding, Health, Severity, severity_of_health
 from gpuwarden_common.wire import (
     EventKind,
     EventMessage,
@@ -301,7 +301,7 @@ class Agent:
                     gpu_uuid=g.uuid,
                     pci_bus_id=g.pci_bus_id,
                     code="HEALTH-CHANGE",
-                    severity=_severity(g.health),
+                    severity=severity_of_health(g.health),
                     action=g.action,
                     message=f"GPU {g.index} {was.value} -> {g.health.value}",
                     health_from=was,
@@ -361,11 +361,3 @@ class Agent:
                     for w in waiters:
                         w.cancel()
 
-
-def _severity(health: Health) -> Severity:
-    return {
-        Health.HEALTHY: Severity.OK,
-        Health.DEGRADED: Severity.WARNING,
-        Health.UNKNOWN: Severity.WARNING,
-        Health.UNHEALTHY: Severity.CRITICAL,
-    }[health]

@@ -49,6 +49,15 @@ _SEVERITY_HEALTH = {
 }
 
 
+# a health as the severity an event reports it with; unknown is a warning, not a fault
+_HEALTH_SEVERITY = {
+    Health.HEALTHY: Severity.OK,
+    Health.DEGRADED: Severity.WARNING,
+    Health.UNKNOWN: Severity.WARNING,
+    Health.UNHEALTHY: Severity.CRITICAL,
+}
+
+
 def severity_rank(severity: Severity) -> int:
     return _SEVERITY_RANK[severity]
 
@@ -71,6 +80,10 @@ def worst_health(healths: Iterable[Health]) -> Health:
 
 def health_of_severity(severity: Severity) -> Health:
     return _SEVERITY_HEALTH[severity]
+
+
+def severity_of_health(health: Health) -> Severity:
+    return _HEALTH_SEVERITY[health]
 
 
 class Finding(msgspec.Struct, frozen=True, kw_only=True):
