@@ -7,7 +7,9 @@ decision is audited and no actuator method is called.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+import uuid
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -22,6 +24,23 @@ class NodeMark(StrEnum):
 
 
 @dataclass(frozen=True)
+class MarkFact:
+    """Why a node carries (or lost) its mark: one decision of the coordinator.
+
+    ``id`` is minted once per decision and travels with the mark (on Kubernetes, in a node
+    annotation), so every attempt, replay or new leader finishing the same decision writes
+    the same condition text and the same Event, never a second one. ``reason`` is the Event
+    and condition reason (``GPUFault``, ``NodeMarkedForRecovery``, ``NodeRecovered``),
+    ``message`` the fault as first described, ``at`` the decision's time (Unix seconds).
+    """
+
+    reason: str
+    message: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
 class NodeFacts:
     """What the cluster itself says about a node (None: unknown or no cluster)."""
 
@@ -32,6 +51,8 @@ class NodeFacts:
     mark: NodeMark | None = None
     cordoned_by_us: bool = False
     unschedulable: bool = False
+    # the decision behind the node's current gpuwarden mark, as the cluster recorded it
+    fact: MarkFact | None = None
 
 
 @dataclass(frozen=True)
@@ -44,22 +65,27 @@ class ActionResult:
 class Actuator(Protocol):
     name: str
 
-    async def mark_unhealthy(
-        self, node: str, mark: NodeMark, reason: str, message: str
-    ) -> ActionResult:
-        """Cordon (recording that we did), taint, label ``mark``, condition GPUHealthy=False,
-        and an Event. Idempotent: applying the same mark twice changes nothing."""
+    async def mark_unhealthy(self, node: str, mark: NodeMark, fact: MarkFact) -> ActionResult:
+        """Cordon (recording that we did), taint, label ``mark``, condition GPUHealthy=False
+        with the fact's text, and exactly one Event per ``fact.id``. Idempotent: applying
+        the same mark and fact again changes nothing and records no second Event, whatever
+        an earlier, interrupted attempt got done."""
         ...
 
-    async def mark_healthy(self, node: str, reason: str, message: str) -> ActionResult:
+    async def mark_healthy(self, node: str, fact: MarkFact) -> ActionResult:
         """Undo exactly what :meth:`mark_unhealthy` did; never uncordon a node that someone
-        else cordoned. Idempotent."""
+        else cordoned. Idempotent, with the same one-Event-per-fact rule."""
         ...
 
     async def node_facts(self, node: str) -> NodeFacts: ...
 
     async def list_marked(self) -> list[NodeFacts]:
         """Nodes that carry gpuwarden's marks now: the cluster's side of a restart rebuild."""
+        ...
+
+    async def list_nodes(self) -> frozenset[str] | None:
+        """Every node the cluster knows, or None when this back end keeps no inventory.
+        Agents of nodes outside it never count toward the safety rules."""
         ...
 
     async def close(self) -> None: ...

@@ -28,6 +28,7 @@ from coordinator.remediator import RemediationConfig, Remediator
 from coordinator.safety import SafetyGate
 from coordinator.settings import CoordinatorSettings
 from coordinator.task_governance import TaskGovernance
+from gpuwarden_common.backoff import backoff_delay
 from gpuwarden_common.wire import (
     ClusterHealthMessage,
     EventMessage,
@@ -190,11 +191,20 @@ class Coordinator:
     # --- leadership -------------------------------------------------------------------------
     async def _follow_leadership(self) -> None:
         """Act only while leading; on gaining the lease, rebuild from the audit log and the
-        cluster first, so nothing is done twice."""
+        cluster first, so nothing is done twice and nothing half-done is left so."""
+        failures = 0
         while True:
             leading = self.leadership.is_leader
             if leading and not self._acting:
-                await self.remediator.restore()
+                try:
+                    await self.remediator.restore()
+                except Exception as exc:  # the cluster's API is down: not acting yet is safe
+                    log.error("cannot rebuild state from the cluster; retrying before acting",
+                              error=str(exc))  # fmt: skip
+                    failures += 1
+                    await asyncio.sleep(backoff_delay(failures, 0.5, 30.0))
+                    continue
+                failures = 0
                 self._acting = True
                 self._standing_by.clear()
                 self._leading.set()

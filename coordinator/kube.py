@@ -41,7 +41,7 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.incluster_config import InClusterConfigLoader
 from kubernetes.watch.watch import iter_resp_lines
 
-from coordinator.actuators import ActionResult, NodeFacts, NodeMark
+from coordinator.actuators import ActionResult, MarkFact, NodeFacts, NodeMark
 from coordinator.pods import (  # pure pod parsing lives there, so governance needs no client
     ADMISSION_GATE,
     CHECKPOINT_GRACE_ANNOTATION,
@@ -71,6 +71,10 @@ HEALTH_LABEL: Final = "gpuwarden.io/node-health"
 UNHEALTHY_TAINT_KEY: Final = "gpuwarden.io/unhealthy"
 UNHEALTHY_TAINT_EFFECT: Final = "NoSchedule"
 CORDONED_BY_ANNOTATION: Final = "gpuwarden.io/cordoned-by"
+# The decision behind the node's current mark (JSON: id, reason, message, at). It is written
+# in the same PATCH as the label, so whoever finishes an interrupted mark (a retry, a restart,
+# a new leader) finds the original fault text and the one Event name to use.
+FACT_ANNOTATION: Final = "gpuwarden.io/mark-fact"
 GPU_CONDITION: Final = "GPUHealthy"
 INSTANCE_TYPE_LABELS: Final = (
     "node.kubernetes.io/instance-type",
@@ -85,6 +89,7 @@ API_CALLS_USED: Final[frozenset[tuple[str, str]]] = frozenset(
         ("list", "nodes"),
         ("patch", "nodes"),
         ("patch", "nodes/status"),
+        ("get", "events"),
         ("create", "events"),
         ("get", "leases"),
         ("create", "leases"),
@@ -111,6 +116,7 @@ _STRATEGIC_MERGE: Final = "application/strategic-merge-patch+json"
 _MERGE_PATCH: Final = "application/merge-patch+json"
 _JSON_PATCH: Final = "application/json-patch+json"
 _EVENT_MESSAGE_LIMIT: Final = 1024  # the API server rejects longer event messages
+_FACT_MESSAGE_LIMIT: Final = 1024
 
 
 class EventReason(enum.StrEnum):
@@ -410,12 +416,18 @@ class _Events:
         message: str,
         event_type: EventType,
         deadline: float,
-    ) -> None:
+        *,
+        name: str | None = None,
+    ) -> bool:
+        """Create the Event; with ``name``, at most once: False when an Event of that name
+        exists already (an earlier attempt of the same fact got it in)."""
         namespace = involved.namespace or self._namespace
+        if name is not None and await self._exists(namespace, name, deadline):
+            return False
         now = _utc_now()
         event = k8s.CoreV1Event(
             metadata=k8s.V1ObjectMeta(
-                name=f"{involved.name}.{uuid.uuid4().hex[:16]}", namespace=namespace
+                name=name or f"{involved.name}.{uuid.uuid4().hex[:16]}", namespace=namespace
             ),
             involved_object=k8s.V1ObjectReference(
                 kind=involved.kind,
@@ -433,12 +445,43 @@ class _Events:
             last_timestamp=now,
             count=1,
         )
-        await self._api.retried(
-            "create",
-            "events",
-            lambda t: self._api.core.create_namespaced_event(namespace, event, _request_timeout=t),
-            deadline,
-        )
+        try:
+            await self._api.retried(
+                "create",
+                "events",
+                lambda t: self._api.core.create_namespaced_event(
+                    namespace, event, _request_timeout=t
+                ),
+                deadline,
+            )
+        except ApiException as exc:
+            if exc.status == 409 and name is not None:
+                return False  # a request that timed out on our side landed after all
+            raise
+        return True
+
+    async def _exists(self, namespace: str, name: str, deadline: float) -> bool:
+        try:
+            await self._api.retried(
+                "get",
+                "events",
+                lambda t: _json_body(
+                    self._api.core.read_namespaced_event(
+                        name, namespace, _preload_content=False, _request_timeout=t
+                    )
+                ),
+                deadline,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+
+def fact_event_name(node: str, fact: MarkFact) -> str:
+    """The one Event name of a node's fact (a DNS subdomain of at most 253 characters)."""
+    return f"{node[:236]}.{fact.id}"
 
 
 # --- nodes: pure planning ---------------------------------------------------------------------
@@ -501,18 +544,52 @@ def _condition_update(
     }
 
 
+def fact_annotation(fact: MarkFact) -> str:
+    return json.dumps(
+        {"id": fact.id, "reason": fact.reason, "message": fact.message[:_FACT_MESSAGE_LIMIT],
+         "at": round(fact.at, 3)},
+        sort_keys=True,
+    )  # fmt: skip
+
+
+def fact_of(node: Mapping[str, Any]) -> MarkFact | None:
+    """The fact a node's annotation records; None when absent or unreadable (not ours)."""
+    raw = _annotations(node).get(FACT_ANNOTATION)
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        return MarkFact(
+            id=str(data["id"]), reason=str(data["reason"]), message=str(data["message"]),
+            at=float(data["at"]),
+        )  # fmt: skip
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _fact_id(node: Mapping[str, Any]) -> str | None:
+    fact = fact_of(node)
+    return None if fact is None else fact.id
+
+
 def plan_mark_unhealthy(
-    node: Mapping[str, Any], mark: NodeMark, *, reason: str, message: str, owner: str, now: str
+    node: Mapping[str, Any], mark: NodeMark, fact: MarkFact, *, owner: str, now: str
 ) -> NodeChange:
-    """Cordon (claiming it only when we are the ones cordoning), taint, label, condition."""
+    """Cordon (claiming it only when we are the ones cordoning), taint, label, the fact,
+    condition."""
     spec = node.get("spec") or {}
     metadata: Json = {}
     spec_patch: Json = {}
+    annotations: Json = {}
     if _labels(node).get(HEALTH_LABEL) != mark.value:
         metadata["labels"] = {HEALTH_LABEL: mark.value}
     if not spec.get("unschedulable"):
         spec_patch["unschedulable"] = True
-        metadata["annotations"] = {CORDONED_BY_ANNOTATION: owner}
+        annotations[CORDONED_BY_ANNOTATION] = owner
+    if _fact_id(node) != fact.id:
+        annotations[FACT_ANNOTATION] = fact_annotation(fact)
+    if annotations:
+        metadata["annotations"] = annotations
     taints = list(spec.get("taints") or [])
     if not any(_is_our_taint(t) for t in taints):
         # Node taints are not merged by key: the whole list goes, guarded by resourceVersion.
@@ -522,20 +599,20 @@ def plan_mark_unhealthy(
         ]
     return NodeChange(
         node_patch=_node_patch(node, metadata, spec_patch),
-        condition=_condition_update(node, "False", reason, message, now),
+        condition=_condition_update(node, "False", fact.reason, fact.message, now),
     )
 
 
-def plan_mark_healthy(
-    node: Mapping[str, Any], *, reason: str, message: str, now: str
-) -> NodeChange:
-    """Undo :func:`plan_mark_unhealthy`; uncordon only a node whose annotation says we did."""
+def plan_mark_healthy(node: Mapping[str, Any], fact: MarkFact, *, now: str) -> NodeChange:
+    """Undo :func:`plan_mark_unhealthy`; uncordon only a node whose annotation says we did.
+    The recovery's own fact replaces the fault's, so a replay knows it got this far."""
     spec = node.get("spec") or {}
     metadata: Json = {}
     spec_patch: Json = {}
+    annotations: Json = {}
     lifted = False
     if CORDONED_BY_ANNOTATION in _annotations(node):
-        metadata["annotations"] = {CORDONED_BY_ANNOTATION: None}
+        annotations[CORDONED_BY_ANNOTATION] = None
         if spec.get("unschedulable"):
             spec_patch["unschedulable"] = None
             lifted = True
@@ -550,9 +627,13 @@ def plan_mark_healthy(
         lifted = lifted or label is not None
     condition = _node_condition(node, GPU_CONDITION)
     lifted = lifted or (condition is not None and condition.get("status") == "False")
+    if lifted and _fact_id(node) != fact.id:
+        annotations[FACT_ANNOTATION] = fact_annotation(fact)
+    if annotations:
+        metadata["annotations"] = annotations
     return NodeChange(
         node_patch=_node_patch(node, metadata, spec_patch),
-        condition=_condition_update(node, "True", reason, message, now),
+        condition=_condition_update(node, "True", fact.reason, fact.message, now),
         lifted=lifted,
     )
 
@@ -584,6 +665,7 @@ def facts_from_node(node: Mapping[str, Any]) -> NodeFacts:
         mark=mark,
         cordoned_by_us=CORDONED_BY_ANNOTATION in _annotations(node),
         unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
+        fact=fact_of(node),
     )
 
 
@@ -612,14 +694,12 @@ class KubeActuator:
         self._owner = owner
         self._close_client = close_client
 
-    async def mark_unhealthy(
-        self, node: str, mark: NodeMark, reason: str, message: str
-    ) -> ActionResult:
+    async def mark_unhealthy(self, node: str, mark: NodeMark, fact: MarkFact) -> ActionResult:
         # the caller may name the Event's reason (a node recovering is still marked, but it
         # is no new GPU fault); otherwise the mark decides it
         event_reason = (
-            EventReason(reason)
-            if reason in _NODE_EVENT_REASONS
+            EventReason(fact.reason)
+            if fact.reason in _NODE_EVENT_REASONS
             else EventReason.GPU_FAULT
             if mark is NodeMark.UNSCHEDULABLE
             else EventReason.NODE_MARKED_FOR_RECOVERY
@@ -627,22 +707,28 @@ class KubeActuator:
         return await self._converge(
             node,
             lambda current, now: plan_mark_unhealthy(
-                current, mark, reason=reason, message=message, owner=self._owner, now=now
+                current, mark, fact, owner=self._owner, now=now
             ),
-            lambda _change: (event_reason, EventType.WARNING, f"{mark.value}: {reason}: {message}"),
+            # every fact gets its Event, even when the marks were all in place already: an
+            # earlier attempt (or leader) may have stopped between the marks and the Event
+            lambda _current, _change: (
+                event_reason, EventType.WARNING, f"{mark.value}: {fact.reason}: {fact.message}"
+            ),
+            fact,
         )
 
-    async def mark_healthy(self, node: str, reason: str, message: str) -> ActionResult:
+    async def mark_healthy(self, node: str, fact: MarkFact) -> ActionResult:
         return await self._converge(
             node,
-            lambda current, now: plan_mark_healthy(
-                current, reason=reason, message=message, now=now
-            ),
-            lambda change: (
-                (EventReason.NODE_RECOVERED, EventType.NORMAL, f"{reason}: {message}")
-                if change.lifted
+            lambda current, now: plan_mark_healthy(current, fact, now=now),
+            # a recovery is news only when it lifted something, now or in an earlier attempt
+            # of the same fact (whose PATCH left the fact annotation behind)
+            lambda current, change: (
+                (EventReason.NODE_RECOVERED, EventType.NORMAL, f"{fact.reason}: {fact.message}")
+                if change.lifted or _fact_id(current) == fact.id
                 else None
             ),
+            fact,
         )
 
     async def node_facts(self, node: str) -> NodeFacts:
@@ -693,29 +779,31 @@ class KubeActuator:
         self,
         node: str,
         plan: Callable[[Json, str], NodeChange],
-        event_for: Callable[[NodeChange], tuple[EventReason, EventType, str] | None],
+        event_for: Callable[[Json, NodeChange], tuple[EventReason, EventType, str] | None],
+        fact: MarkFact,
     ) -> ActionResult:
-        """Read, plan, write with the read's resourceVersion; on conflict read again."""
+        """Read, plan, write with the read's resourceVersion (on conflict read again), then
+        make sure the fact's one Event exists. Not ok until all of it is done, so the caller
+        retries whatever is missing."""
         deadline = time.monotonic() + self._retry.deadline_s
         try:
             for attempt in range(self._retry.conflict_attempts):
                 current = await self._read_node(node, deadline)
                 change = plan(current, _rfc3339(datetime.now(UTC)))
-                if change.empty:
-                    return ActionResult(ok=True, changed=False, detail=f"node {node} already so")
-                try:
-                    await self._write(node, change, deadline)
-                except ApiException as exc:
-                    if exc.status != 409:
-                        raise
-                    log.info("kube.node_conflict", node=node, attempt=attempt)
-                    await asyncio.sleep(self._retry.delay(attempt, self._api.rng))
-                    continue
-                detail = f"node {node} updated"
-                event = event_for(change)
+                if not change.empty:
+                    try:
+                        await self._write(node, change, deadline)
+                    except ApiException as exc:
+                        if exc.status != 409:
+                            raise
+                        log.info("kube.node_conflict", node=node, attempt=attempt)
+                        await asyncio.sleep(self._retry.delay(attempt, self._api.rng))
+                        continue
+                detail = f"node {node} updated" if not change.empty else f"node {node} already so"
+                event = event_for(current, change)
                 if event is not None:
-                    detail += await self._record_event(current, node, event, deadline)
-                return ActionResult(ok=True, changed=True, detail=detail)
+                    detail += await self._record_event(current, node, event, fact, deadline)
+                return ActionResult(ok=True, changed=not change.empty, detail=detail)
             return ActionResult(
                 ok=False,
                 changed=False,
@@ -759,17 +847,40 @@ class KubeActuator:
         current: Mapping[str, Any],
         node: str,
         event: tuple[EventReason, EventType, str],
+        fact: MarkFact,
         deadline: float,
     ) -> str:
-        """Best effort: the marks are what matter; a lost Event is reported, not fatal."""
+        """The fact's Event, once: named after the fact, so a second attempt finds it. A
+        failure raises, which fails the action: it is retried until the Event is in."""
         reason, event_type, message = event
         involved = ObjectRef(kind="Node", name=node, uid=_metadata(current).get("uid", ""))
         try:
-            await self._events.record(involved, reason, message, event_type, deadline)
-        except (ApiException, KubeUnavailableError) as exc:
-            log.warning("kube.event_lost", node=node, reason=str(reason), error=describe(exc))
-            return f"; event {reason} not recorded: {describe(exc)}"
-        return f"; event {reason}"
+            created = await self._events.record(
+                involved, reason, message, event_type, deadline, name=fact_event_name(node, fact)
+            )
+        except ApiException as exc:
+            raise KubeUnavailableError(
+                f"event {reason} not recorded: {describe(exc)}"
+            ) from exc
+        return f"; event {reason}" if created else f"; event {reason} already recorded"
+
+    async def list_nodes(self) -> frozenset[str] | None:
+        """Raises :class:`KubeUnavailableError` when the API server cannot be read."""
+        deadline = time.monotonic() + self._retry.deadline_s
+        try:
+            listing = await self._api.retried(
+                "list",
+                "nodes",
+                lambda t: _json_body(
+                    self._api.core.list_node(_preload_content=False, _request_timeout=t)
+                ),
+                deadline,
+            )
+        except ApiException as exc:
+            raise KubeUnavailableError(f"list nodes: {describe(exc)}") from exc
+        return frozenset(
+            str(_metadata(item).get("name")) for item in listing.get("items") or []
+        )
 
 
 # --- leader election --------------------------------------------------------------------------

@@ -35,6 +35,10 @@ class CoordinatorMetrics:
                             "1 while new remediation is paused by a safety rule", registry=r)
         self.leader = Gauge("gpuwarden_leader", "1 while this coordinator holds the lease",
                             registry=r)
+        self.marks_pending = Gauge(
+            "gpuwarden_marks_pending",
+            "Nodes whose marks on the cluster are not yet what the coordinator decided",
+            registry=r)
 
     def observe_capacity(self, cap: Capacity) -> None:
         c = cap.cluster

@@ -2,8 +2,11 @@
 
 For every node it is told about (``poke``) and, once a tick, for all of them, it asks the pure
 lifecycle policy for a transition, passes new removals through the safety gate, records the
-decision, runs the actuator with the action audited before and after, and applies the result
-to the model. Only the leader acts; ``--dry-run`` decides and audits and calls no actuator.
+decision once and applies it to the model. Bringing the cluster into line is separate work
+(:mod:`coordinator.convergence`): each attempt is an action audited before and after, a
+failed one is retried with backoff counted from its failure, and the work outlives
+restarts and failovers, which rebuild it (:mod:`coordinator.restore`) for every node held out
+of service. Only the leader acts; ``--dry-run`` decides and audits and calls no actuator.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from coordinator.actuators import ActionResult, Actuator, NodeFacts, NodeMark
+from coordinator.actuators import ActionResult, Actuator, MarkFact, NodeFacts, NodeMark
 from coordinator.alerts import Alert, AlertSender
 from coordinator.audit import AuditEntry, AuditKind, AuditLog, AuditRecord
+from coordinator.convergence import MarkQueue, MarkWork
 from coordinator.lifecycle import (
     OUT_OF_SERVICE,
     Lifecycle,
@@ -31,6 +36,7 @@ from coordinator.lifecycle import (
 )
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import ClusterModel, NodeRecord
+from coordinator.restore import is_lifecycle_decision, plan_restore
 from coordinator.safety import Deny, SafetyGate
 from gpuwarden_common.health import Severity
 
@@ -38,17 +44,11 @@ log = structlog.get_logger("coordinator.remediator")
 
 TransitionHook = Callable[[Transition, NodeRecord], Awaitable[None]]
 
-_MARK_LIFECYCLE = {
-    NodeMark.UNSCHEDULABLE: Lifecycle.UNSCHEDULABLE,
-    NodeMark.PENDING_REBOOT: Lifecycle.PENDING_REBOOT,
-    NodeMark.PENDING_REPLACEMENT: Lifecycle.PENDING_REPLACEMENT,
-}
 # transitions that keep a node marked without a new fault (it rebooted, or an operator holds it)
 _NOT_A_FAULT = frozenset({Reason.NEW_BOOT, Reason.OPERATOR_HOLD})
-_EVENT_REASON = {
-    Reason.RECOVERED: "NodeRecovered",
-    Reason.OPERATOR_CLEAR: "NodeRecovered",
-}
+# an attempt that fails this often pages someone: the node is taken out in the model, and
+# may still be getting work on the cluster
+ALERT_AFTER_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class RemediationConfig:
     dry_run: bool = False
     tick_s: float = 1.0
     retry_after_s: float = 5.0
+    retry_max_s: float = 300.0
 
 
 class Remediator:
@@ -89,8 +90,11 @@ class Remediator:
         self._clock = clock
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
-        self._retry_at: dict[str, float] = {}
         self._facts: dict[str, NodeFacts] = {}
+        self.marks = MarkQueue(config.retry_after_s, config.retry_max_s)
+        # tells this process's actions from those of an earlier run in the audit log: only
+        # those can have been cut off by a restart
+        self.run_id = uuid.uuid4().hex[:12]
 
     @property
     def paused(self) -> bool:
@@ -117,6 +121,11 @@ class Remediator:
                         await self.evaluate(name)
                     except Exception:  # one node's trouble must not stop the others
                         log.exception("evaluation failed", node=name)
+                for work in self.marks.due(self._clock()):
+                    if not self._is_leader():
+                        break
+                    await self.converge(work.node)
+            self.metrics.marks_pending.set(len(self.marks))
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands as
             # the wake fires, and a coordinator told to stop would go on acting
@@ -129,8 +138,6 @@ class Remediator:
         if record is None:
             return None
         now = self._clock()
-        if self._retry_at.get(name, 0.0) > now:
-            return None
         facts = self._facts.get(name)
         if record.lifecycle is Lifecycle.SUSPECT and is_silent(record, now, self.config.lifecycle):
             # only now is the cluster's own word (Ready) worth an API call
@@ -165,27 +172,26 @@ class Remediator:
             return None
         return await self._carry_out(transition, record, now)
 
-    async def _carry_out(self, t: Transition, record: NodeRecord, now: float) -> Transition | None:
+    async def _carry_out(self, t: Transition, record: NodeRecord, now: float) -> Transition:
+        """Decide once: record the decision, apply it to the model, then bring the cluster
+        into line (now, and again later for as long as that fails)."""
+        assert t.mark is not None
+        fact = MarkFact(reason=_fact_reason(t), message=t.message, at=now)
         details: dict[str, Any] = {
             "source": t.source.value, "target": t.target.value,
-            "mark": t.mark.value if t.mark else None, "boot_id": record.boot_id,
+            "mark": t.mark.value, "boot_id": record.boot_id,
             "health": record.health.value, "agent_action": record.action.value,
             "findings": [f"{f.code}@{f.gpu_index}" for f in record.findings][:20],
+            "fact_id": fact.id, "fact_reason": fact.reason, "message": t.message,
         }
         dry = self.config.dry_run
-        actor = self.config.actor
-        await self._audit(AuditEntry(
-            kind=AuditKind.DECISION, actor=actor, node=t.node, action=t.target.value,
-            reason=f"{t.reason.value}: {t.message}", details=details, dry_run=dry,
+        decision_id = await self._audit(AuditEntry(
+            kind=AuditKind.DECISION, actor=self.config.actor, node=t.node, action=t.target.value,
+            reason=f"{t.reason.value}: {t.message}", details=details, dry_run=dry, ts=now,
         ))
         log.warning("node transition", node=t.node, source=t.source.value,
                     target=t.target.value, reason=t.reason.value, message=t.message,
                     dry_run=dry)
-        if not dry:
-            result = await self._act(t, details)
-            if not result.ok:
-                self._retry_at[t.node] = now + self.config.retry_after_s
-                return None
         self._apply(t, record, now)
         if t.removes_from_service:
             self.alerts.send(Alert(
@@ -199,44 +205,76 @@ class Remediator:
                 summary=f"{t.node}: back in service", description=t.message,
                 labels={"node": t.node, "reason": t.reason.value}, resolved=True,
             ))
+        if not dry:
+            self.marks.want(MarkWork(t.node, t.mark, fact, decision_id))
+            await self.converge(t.node)
         if self._on_transition is not None:
             await self._on_transition(t, record)
         return t
 
-    async def _act(self, t: Transition, details: dict[str, Any]) -> ActionResult:
-        assert t.mark is not None
-        action = "mark_healthy" if t.mark is NodeMark.SCHEDULABLE else "mark_unhealthy"
-        started = await self._audit(AuditEntry(
-            kind=AuditKind.ACTION_STARTED, actor=self.config.actor, node=t.node, action=action,
-            reason=t.reason.value, details=details,
-        ))
+    # --- convergence ----------------------------------------------------------------------
+    async def converge(self, node: str) -> bool:
+        """One attempt at the node's wanted marks, unless one is running already (from
+        before a leadership change, say) or none is wanted. True when it succeeded."""
+        work = self.marks.get(node)
+        if work is None or not self.marks.start(work):
+            return False
+        try:
+            result = await self._attempt(work)
+        except BaseException:
+            self.marks.abandon(work)
+            raise
+        retry_at = self.marks.finish(work, ok=result.ok, now=self._clock(), detail=result.detail)
+        if retry_at is not None:
+            log.error("marks not applied; will retry", node=node, mark=work.mark.value,
+                      attempts=work.attempts, retry_in_s=round(retry_at - self._clock(), 1),
+                      detail=result.detail)  # fmt: skip
+            if work.attempts == ALERT_AFTER_ATTEMPTS:
+                self.alerts.send(Alert(
+                    key=f"marks-failing/{node}", severity=Severity.CRITICAL,
+                    summary=f"{node}: cannot apply {work.mark.value}",
+                    description=f"{work.attempts} attempts failed; last: {result.detail}",
+                    labels={"node": node, "mark": work.mark.value},
+                ))
+        elif result.ok and work.attempts >= ALERT_AFTER_ATTEMPTS:
+            self.alerts.send(Alert(
+                key=f"marks-failing/{node}", severity=Severity.OK,
+                summary=f"{node}: {work.mark.value} applied", resolved=True,
+                labels={"node": node, "mark": work.mark.value},
+            ))
+        return result.ok
+
+    async def _attempt(self, work: MarkWork) -> ActionResult:
+        action = "mark_healthy" if work.mark is NodeMark.SCHEDULABLE else "mark_unhealthy"
+        replay = work.resume
+        started = replay.id if replay is not None else await self._audit(AuditEntry(
+            kind=AuditKind.ACTION_STARTED, actor=self.config.actor, node=work.node,
+            action=action, reason=work.fact.reason,
+            details={"mark": work.mark.value, "fact_id": work.fact.id,
+                     "fact_reason": work.fact.reason, "message": work.fact.message,
+                     "decision_id": work.decision_id, "attempt": work.attempts + 1,
+                     "run_id": self.run_id},
+        ))  # fmt: skip
         began = time.perf_counter()
         try:
-            result = await self._call(action, t.node, t.mark, t.reason, t.message)
+            if work.mark is NodeMark.SCHEDULABLE:
+                result = await self.actuator.mark_healthy(work.node, work.fact)
+            else:
+                result = await self.actuator.mark_unhealthy(work.node, work.mark, work.fact)
         except Exception as exc:  # the actuator's own retries are spent
             result = ActionResult(ok=False, changed=False, detail=f"{type(exc).__name__}: {exc}")
         self.metrics.action_latency.labels(action).observe(time.perf_counter() - began)
         outcome = "ok" if result.ok else "failed"
         self.metrics.actions.labels(action, outcome).inc()
+        reason = f"replayed after restart: {result.detail}" if replay else result.detail
         await asyncio.to_thread(
             self.audit.finish, started, actor=self.config.actor, outcome=outcome,
-            reason=result.detail, details={"changed": result.changed},
+            reason=reason, details={"changed": result.changed},
         )
-        if not result.ok:
-            log.error("action failed; will retry", node=t.node, action=action,
-                      detail=result.detail)
+        if replay is not None:
+            log.info("finished an action cut off by a restart", node=work.node,
+                     action=action, outcome=outcome)  # fmt: skip
         return result
-
-    async def _call(
-        self, action: str, node: str, mark: NodeMark, reason: Reason, message: str
-    ) -> ActionResult:
-        if action == "mark_healthy":
-            return await self.actuator.mark_healthy(
-                node, _EVENT_REASON.get(reason, "NodeRecovered"), message
-            )
-        fresh_fault = mark is NodeMark.UNSCHEDULABLE and reason not in _NOT_A_FAULT
-        event_reason = "GPUFault" if fresh_fault else "NodeMarkedForRecovery"
-        return await self.actuator.mark_unhealthy(node, mark, event_reason, message)
 
     def _apply(self, t: Transition, record: NodeRecord, now: float) -> None:
         self.model.apply_transition(t, now)
@@ -245,6 +283,7 @@ class Remediator:
 
     async def _audit(self, entry: AuditEntry) -> int:
         return await asyncio.to_thread(self.audit.record, entry)
+
 
     # --- safety alerts ----------------------------------------------------------------------
     async def _pause_alert(self, deny: Deny, now: float) -> None:
@@ -275,71 +314,66 @@ class Remediator:
             summary="gpuwarden resumed remediation", description=ended.message, resolved=True,
         ))
 
-    # --- restart --------------------------------------------------------------------------
+    # --- restart and takeover ------------------------------------------------------------
     async def restore(self) -> int:
-        """Rebuild lifecycles after a restart, from the audit log and the cluster's marks,
-        and finish actions a crash cut off. Returns how many nodes were restored."""
+        """Rebuild lifecycles after a restart or on gaining the lead, from the audit log and
+        the cluster's marks, and queue every node held out of service (or still marked
+        though back in service) for reconciliation, finishing any action an earlier run
+        started and never finished. Returns how many nodes were restored."""
         decisions = await asyncio.to_thread(
             self.audit.query, kind=AuditKind.DECISION, limit=10_000
         )
         latest: dict[str, AuditRecord] = {}
         for rec in decisions:  # newest first
-            lifecycle_decision = "target" in rec.details  # not a task or simulator record
-            if rec.node and rec.node not in latest and not rec.dry_run and lifecycle_decision:
-                latest[rec.node] = rec
-        marked = {f.name: f for f in await self.actuator.list_marked()}
+            if is_lifecycle_decision(rec) and rec.node not in latest:
+                latest[str(rec.node)] = rec
+        cluster = {f.name: f for f in await self.actuator.list_marked()}
+        for name, rec in sorted(latest.items()):
+            # the log holds it out but the cluster shows no mark: the action failed, or
+            # another leader has returned the node to service since; its annotation says which
+            target = rec.details.get("target")
+            if name not in cluster and target in {s.value for s in OUT_OF_SERVICE}:
+                cluster[name] = await self.actuator.node_facts(name)
         restored = 0
-        for name in sorted(set(latest) | set(marked)):
-            last = latest.get(name)
-            target: Lifecycle | None = None
-            out_boot: str | None = None
-            since = self._clock()
-            if last is not None:
-                target = Lifecycle(last.details.get("target", Lifecycle.HEALTHY.value))
-                out_boot = last.details.get("boot_id")
-                since = last.ts
-            facts = marked.get(name)
-            if target is None or (target not in OUT_OF_SERVICE and facts is not None
-                                  and facts.mark in _MARK_LIFECYCLE):
-                # the cluster shows a mark the log cannot explain: trust the cluster
-                target = _MARK_LIFECYCLE.get(facts.mark) if facts and facts.mark else None
-            if target is None or target not in OUT_OF_SERVICE:
-                continue
-            self.model.restore(name, target, since, out_boot_id=out_boot or None)
-            restored += 1
+        for item in plan_restore(latest, cluster, self._clock()):
+            if item.lifecycle in OUT_OF_SERVICE:
+                self.model.restore(item.node, item.lifecycle, item.since,
+                                   out_boot_id=item.out_boot_id)  # fmt: skip
+                restored += 1
+            wanted = self.marks.get(item.node)
+            if wanted is None or (wanted.mark, wanted.fact.id) != (item.mark, item.fact.id):
+                self.marks.want(MarkWork(item.node, item.mark, item.fact, item.decision_id))
         for pending in await asyncio.to_thread(self.audit.pending_actions):
-            await self._finish_cut_off(pending)
-        log.info("restored lifecycles", nodes=restored)
+            if pending.details.get("run_id") != self.run_id:  # ours may still be running
+                await self._adopt_cut_off(pending)
+        log.info("restored lifecycles", nodes=restored, to_reconcile=len(self.marks))
+        self.metrics.marks_pending.set(len(self.marks))
         return restored
 
-    async def _finish_cut_off(self, pending: AuditRecord) -> None:
-        """An action started before a crash: run it again (actuators are idempotent) and
-        close its audit record, so it is neither lost nor done twice."""
-        if pending.dry_run or pending.node is None:
-            await asyncio.to_thread(
-                self.audit.finish, pending, actor=self.config.actor, outcome="abandoned",
-                reason="started before a restart; nothing to redo",
-            )
+    async def _adopt_cut_off(self, pending: AuditRecord) -> None:
+        """An action an earlier run started and never finished: the next attempt at the same
+        mark finishes its record (neither lost nor done twice); a later decision supersedes
+        it."""
+        work = None if pending.node is None else self.marks.get(pending.node)
+        node = None if pending.node is None else self.model.node(pending.node)
+        mark = pending.details.get("mark")
+        if work is None and not pending.dry_run and mark == NodeMark.SCHEDULABLE.value and (
+            node is None or node.in_service
+        ):
+            # a recovery cut off half-way: the cluster may still show part of the marks
+            work = MarkWork(str(pending.node), NodeMark.SCHEDULABLE, _pending_fact(pending))
+            self.marks.want(work)
+        same_fact = work is not None and pending.details.get("fact_id") in (None, work.fact.id)
+        if (work is not None and not pending.dry_run and work.resume is None
+                and work.mark.value == mark and same_fact):
+            work.resume = pending
             return
-        mark: NodeMark | None = None
-        reason: Reason | None = None
-        try:
-            mark = NodeMark(str(pending.details.get("mark")))
-            reason = Reason(pending.reason)
-        except ValueError:
-            pass
-        if mark is None or reason is None or self.config.dry_run:
-            outcome, detail = "abandoned", "could not be replayed"
-        else:
-            result = await self._call(pending.action or "", pending.node, mark, reason,
-                                      "completed after a coordinator restart")
-            outcome, detail = ("ok" if result.ok else "failed"), result.detail
         await asyncio.to_thread(
-            self.audit.finish, pending, actor=self.config.actor, outcome=outcome,
-            reason=f"replayed after restart: {detail}",
+            self.audit.finish, pending, actor=self.config.actor,
+            outcome="abandoned" if pending.dry_run else "superseded",
+            reason="started before a restart; "
+            + ("nothing to redo" if pending.dry_run else "a later decision replaces it"),
         )
-        log.info("finished an action cut off by a restart", node=pending.node,
-                 action=pending.action, outcome=outcome)
 
     # --- operators --------------------------------------------------------------------------
     async def operator(self, verb: str, name: str, actor: str, reason: str) -> bool:
@@ -350,3 +384,22 @@ class Remediator:
             ))
             self.poke(name)
         return ok
+
+
+def _fact_reason(t: Transition) -> str:
+    """The Event and condition reason of a transition's fact."""
+    assert t.mark is not None
+    if t.mark is NodeMark.SCHEDULABLE:
+        return "NodeRecovered"
+    fresh_fault = t.mark is NodeMark.UNSCHEDULABLE and t.reason not in _NOT_A_FAULT
+    return "GPUFault" if fresh_fault else "NodeMarkedForRecovery"
+
+
+def _pending_fact(pending: AuditRecord) -> MarkFact:
+    d = pending.details
+    return MarkFact(
+        reason=str(d.get("fact_reason") or "NodeRecovered"),
+        message=str(d.get("message") or "returned to service"),
+        id=str(d.get("fact_id") or f"audit-{pending.id}"),
+        at=pending.ts,
+    )

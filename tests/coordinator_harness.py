@@ -32,7 +32,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.__main__ import run
-from coordinator.actuators import ActionResult, Actuator, NodeFacts, NodeMark
+from coordinator.actuators import ActionResult, Actuator, MarkFact, NodeFacts, NodeMark
 from coordinator.audit import AuditLog
 from coordinator.daemon import Coordinator
 from coordinator.kube import (
@@ -108,7 +108,7 @@ def write_kubeconfig(path: Path, server_url: str) -> Path:
     return path
 
 
-def coordinator_settings(
+def coordinator_argv(
     tmp: Path,
     *,
     broker_url: str,
@@ -116,13 +116,14 @@ def coordinator_settings(
     flags: Sequence[str] = (),
     identity: str = "coord-a",
     state_dir: Path | None = None,
-) -> CoordinatorSettings:
-    """Settings as ``gpuwarden coordinator <flags>`` would build them; ``flags`` come last, so
-    they override the short defaults here."""
+) -> list[str]:
+    """``gpuwarden coordinator`` flags with short timings (offline grace 1 s, recovery stable
+    1 s), a free HTTP port, a state directory, and a kubeconfig for the fake API server;
+    ``flags`` come last, so they override these."""
     kube_flag = (
         "off" if kube is None else f"kubeconfig:{write_kubeconfig(tmp / 'kubeconfig', kube.url)}"
     )
-    argv = [
+    return [
         "--broker", broker_url,
         "--cluster", CLUSTER,
         "--kube", kube_flag,
@@ -135,6 +136,23 @@ def coordinator_settings(
         "--log-level", "warning",
         *flags,
     ]  # fmt: skip
+
+
+def coordinator_settings(
+    tmp: Path,
+    *,
+    broker_url: str,
+    kube: FakeKube | None,
+    flags: Sequence[str] = (),
+    identity: str = "coord-a",
+    state_dir: Path | None = None,
+) -> CoordinatorSettings:
+    """Settings as ``gpuwarden coordinator <flags>`` would build them (see
+    :func:`coordinator_argv`)."""
+    argv = coordinator_argv(
+        tmp, broker_url=broker_url, kube=kube, flags=flags, identity=identity,
+        state_dir=state_dir,
+    )  # fmt: skip
     return parse_settings(argv, {})
 
 
@@ -304,21 +322,22 @@ class RecordingActuator:
         self.name = inner.name
         self.writes: list[ActuatorCall] = []
 
-    async def mark_unhealthy(
-        self, node: str, mark: NodeMark, reason: str, message: str
-    ) -> ActionResult:
+    async def mark_unhealthy(self, node: str, mark: NodeMark, fact: MarkFact) -> ActionResult:
         self.writes.append(ActuatorCall("mark_unhealthy", node, mark))
-        return await self.inner.mark_unhealthy(node, mark, reason, message)
+        return await self.inner.mark_unhealthy(node, mark, fact)
 
-    async def mark_healthy(self, node: str, reason: str, message: str) -> ActionResult:
+    async def mark_healthy(self, node: str, fact: MarkFact) -> ActionResult:
         self.writes.append(ActuatorCall("mark_healthy", node, None))
-        return await self.inner.mark_healthy(node, reason, message)
+        return await self.inner.mark_healthy(node, fact)
 
     async def node_facts(self, node: str) -> NodeFacts:
         return await self.inner.node_facts(node)
 
     async def list_marked(self) -> list[NodeFacts]:
         return await self.inner.list_marked()
+
+    async def list_nodes(self) -> frozenset[str] | None:
+        return await self.inner.list_nodes()
 
     async def close(self) -> None:
         await self.inner.close()

@@ -337,7 +337,7 @@ class _Fault:
     def matches(self, method: str, path: str) -> bool:
         return (
             self.remaining > 0
-            and method == self.method
+            and self.method in ("*", method)
             and fnmatch.fnmatchcase(path, self.path_glob)
         )
 
@@ -655,9 +655,14 @@ class FakeKube:
 
     # faults ------------------------------------------------------------------------------------
 
-    def fail_next(self, method: str, path_glob: str, status: int, times: int = 1) -> None:
-        """The next ``times`` requests matching answer ``status`` (without being applied)."""
-        self._call(lambda: self._faults.append(_Fault(method, path_glob, times, status, 0.0)))
+    def fail_next(
+        self, method: str, path_glob: str, status: int, times: int = 1, *, delay_s: float = 0.0
+    ) -> None:
+        """The next ``times`` requests matching (``method`` may be ``*``) answer ``status``,
+        after ``delay_s``, without being applied: a request the server never carried out."""
+        self._call(
+            lambda: self._faults.append(_Fault(method, path_glob, times, status, delay_s))
+        )
 
     def delay_next(self, method: str, path_glob: str, seconds: float, times: int = 1) -> None:
         """The next ``times`` requests matching are answered after ``seconds``."""
@@ -670,8 +675,15 @@ class FakeKube:
         handled: the way to stage a real race between a read and a write."""
         self._call(lambda: self._faults.append(_Fault(method, path_glob, times, None, 0.0, action)))
 
-    def clear_faults(self) -> None:
-        self._call(self._faults.clear)
+    def clear_faults(self, path_glob: str | None = None) -> None:
+        """Forget the injected faults (only those for ``path_glob``, when given)."""
+
+        def clear() -> None:
+            self._faults[:] = [
+                f for f in self._faults if path_glob is not None and f.path_glob != path_glob
+            ]
+
+        self._call(clear)
 
     # inspection --------------------------------------------------------------------------------
 
@@ -768,6 +780,7 @@ class FakeKube:
         app.router.add_patch(node + "/status", self._patch_node_status)
         app.router.add_post(_CORE + "/namespaces/{ns}/events", self._create_event)
         app.router.add_get(_CORE + "/namespaces/{ns}/events", self._list_events)
+        app.router.add_get(_CORE + "/namespaces/{ns}/events/{name}", self._get_event)
         app.router.add_post(_LEASES, self._create_lease)
         app.router.add_get(_LEASES + "/{name}", self._get_lease)
         app.router.add_put(_LEASES + "/{name}", self._put_lease)
@@ -822,6 +835,9 @@ class FakeKube:
     async def _create_event(self, request: web.Request) -> web.StreamResponse:
         event = await _body_object(request)
         return _json(self.store.create("events", request.match_info["ns"], event), 201)
+
+    async def _get_event(self, request: web.Request) -> web.StreamResponse:
+        return _json(self.store.get("events", request.match_info["ns"], request.match_info["name"]))
 
     async def _list_events(self, request: web.Request) -> web.StreamResponse:
         return self._list_response(request, "events", request.match_info["ns"], "EventList")

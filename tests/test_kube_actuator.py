@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient
 
-from coordinator.actuators import NodeMark
+from coordinator.actuators import MarkFact, NodeMark
 from coordinator.kube import (
     API_CALLS_USED,
     CORDONED_BY_ANNOTATION,
@@ -63,6 +64,12 @@ async def actuator(
     await actuator.close()
 
 
+def fact(reason: str, message: str) -> MarkFact:
+    """A decision's fact, the same for equal words (so a repeated call is the same fact)."""
+    digest = hashlib.sha1(f"{reason}\0{message}".encode()).hexdigest()[:16]
+    return MarkFact(reason=reason, message=message, id=digest)
+
+
 def condition(node: dict[str, Any], condition_type: str = GPU_CONDITION) -> dict[str, Any]:
     found: dict[str, Any] = next(
         c for c in node["status"]["conditions"] if c["type"] == condition_type
@@ -74,7 +81,7 @@ async def test_mark_unhealthy_cordons_claims_taints_labels_sets_the_condition_an
     fake: FakeKube, actuator: KubeActuator
 ) -> None:
     result = await actuator.mark_unhealthy(
-        "gpu-1", NodeMark.PENDING_REBOOT, "XID79", "GPU 3 fell off the bus"
+        "gpu-1", NodeMark.PENDING_REBOOT, fact("XID79", "GPU 3 fell off the bus")
     )
 
     node = fake.node("gpu-1")
@@ -104,7 +111,7 @@ async def test_mark_unhealthy_cordons_claims_taints_labels_sets_the_condition_an
 async def test_marking_unschedulable_records_a_gpu_fault_event(
     fake: FakeKube, actuator: KubeActuator
 ) -> None:
-    await actuator.mark_unhealthy("gpu-1", NodeMark.UNSCHEDULABLE, "ECC", "double-bit error")
+    await actuator.mark_unhealthy("gpu-1", NodeMark.UNSCHEDULABLE, fact("ECC", "double-bit error"))
 
     assert [e["reason"] for e in fake.events()] == ["GPUFault"]
 
@@ -113,7 +120,7 @@ async def test_a_node_kept_marked_after_a_reboot_is_not_reported_as_a_new_gpu_fa
     fake: FakeKube, actuator: KubeActuator
 ) -> None:
     await actuator.mark_unhealthy(
-        "gpu-1", NodeMark.UNSCHEDULABLE, "NodeMarkedForRecovery", "came back on boot b2"
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("NodeMarkedForRecovery", "came back on boot b2")
     )
     assert [e["reason"] for e in fake.events()] == ["NodeMarkedForRecovery"]
 
@@ -121,11 +128,13 @@ async def test_a_node_kept_marked_after_a_reboot_is_not_reported_as_a_new_gpu_fa
 async def test_a_second_identical_mark_makes_no_write(
     fake: FakeKube, actuator: KubeActuator
 ) -> None:
-    await actuator.mark_unhealthy("gpu-1", NodeMark.UNSCHEDULABLE, "XID79", "fell off the bus")
+    await actuator.mark_unhealthy(
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
+    )
     fake.clear_requests()
 
     result = await actuator.mark_unhealthy(
-        "gpu-1", NodeMark.UNSCHEDULABLE, "XID79", "fell off the bus"
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
     )
 
     assert (result.ok, result.changed) == (True, False)
@@ -135,12 +144,13 @@ async def test_a_second_identical_mark_makes_no_write(
 async def test_a_stronger_mark_changes_only_the_label_and_the_event(
     fake: FakeKube, actuator: KubeActuator
 ) -> None:
-    await actuator.mark_unhealthy("gpu-1", NodeMark.UNSCHEDULABLE, "XID79", "fell off the bus")
+    await actuator.mark_unhealthy(
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
+    )
     fake.clear_requests()
 
-    result = await actuator.mark_unhealthy(
-        "gpu-1", NodeMark.PENDING_REPLACEMENT, "XID79", "fell off the bus"
-    )
+    escalation = MarkFact("XID79", "fell off the bus")  # same words, a new decision
+    result = await actuator.mark_unhealthy("gpu-1", NodeMark.PENDING_REPLACEMENT, escalation)
 
     [patch] = [r for r in fake.writes() if r.method == "PATCH"]
     assert result.changed
@@ -153,9 +163,11 @@ async def test_mark_healthy_undoes_exactly_what_mark_unhealthy_did(
     fake: FakeKube, actuator: KubeActuator
 ) -> None:
     before = fake.node("gpu-1")
-    await actuator.mark_unhealthy("gpu-1", NodeMark.PENDING_REBOOT, "XID79", "fell off the bus")
+    await actuator.mark_unhealthy(
+        "gpu-1", NodeMark.PENDING_REBOOT, fact("XID79", "fell off the bus")
+    )
 
-    result = await actuator.mark_healthy("gpu-1", "Rebooted", "healthy on a new boot")
+    result = await actuator.mark_healthy("gpu-1", fact("Rebooted", "healthy on a new boot"))
 
     after = fake.node("gpu-1")
     assert (result.ok, result.changed) == (True, True)
@@ -174,7 +186,7 @@ async def test_mark_healthy_undoes_exactly_what_mark_unhealthy_did(
 async def test_mark_healthy_on_a_node_never_marked_records_no_recovery(
     fake: FakeKube, actuator: KubeActuator
 ) -> None:
-    result = await actuator.mark_healthy("gpu-1", "Healthy", "all GPUs pass")
+    result = await actuator.mark_healthy("gpu-1", fact("Healthy", "all GPUs pass"))
 
     node = fake.node("gpu-1")
     assert result.ok
@@ -184,11 +196,13 @@ async def test_mark_healthy_on_a_node_never_marked_records_no_recovery(
 
 
 async def test_a_second_mark_healthy_makes_no_write(fake: FakeKube, actuator: KubeActuator) -> None:
-    await actuator.mark_unhealthy("gpu-1", NodeMark.UNSCHEDULABLE, "XID79", "fell off the bus")
-    await actuator.mark_healthy("gpu-1", "Rebooted", "healthy on a new boot")
+    await actuator.mark_unhealthy(
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
+    )
+    await actuator.mark_healthy("gpu-1", fact("Rebooted", "healthy on a new boot"))
     fake.clear_requests()
 
-    result = await actuator.mark_healthy("gpu-1", "Rebooted", "healthy on a new boot")
+    result = await actuator.mark_healthy("gpu-1", fact("Rebooted", "healthy on a new boot"))
 
     assert (result.ok, result.changed) == (True, False)
     assert fake.writes() == []
@@ -199,9 +213,11 @@ async def test_a_node_someone_else_cordoned_is_not_claimed_nor_uncordoned(
 ) -> None:
     fake.modify_node("gpu-1", lambda n: n["spec"].update({"unschedulable": True}))
 
-    await actuator.mark_unhealthy("gpu-1", NodeMark.UNSCHEDULABLE, "XID79", "fell off the bus")
+    await actuator.mark_unhealthy(
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
+    )
     marked = fake.node("gpu-1")
-    await actuator.mark_healthy("gpu-1", "Rebooted", "healthy on a new boot")
+    await actuator.mark_healthy("gpu-1", fact("Rebooted", "healthy on a new boot"))
 
     healed = fake.node("gpu-1")
     assert CORDONED_BY_ANNOTATION not in marked["metadata"].get("annotations", {})
@@ -218,7 +234,7 @@ async def test_a_conflict_rereads_and_keeps_a_concurrent_change_by_someone_else(
     fake.before_next("PATCH", NODE, someone_else_labels_the_node)
 
     result = await actuator.mark_unhealthy(
-        "gpu-1", NodeMark.UNSCHEDULABLE, "XID79", "fell off the bus"
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
     )
 
     node = fake.node("gpu-1")
@@ -235,7 +251,7 @@ async def test_a_conflict_answered_once_is_followed_by_success(
     fake.fail_next("PATCH", NODE, 409)
 
     result = await actuator.mark_unhealthy(
-        "gpu-1", NodeMark.UNSCHEDULABLE, "XID79", "fell off the bus"
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
     )
 
     assert (result.ok, result.changed) == (True, True)
@@ -249,7 +265,7 @@ async def test_a_server_error_is_retried_until_it_succeeds(
     fake.fail_next("PATCH", NODE + "/status", 503)
 
     result = await actuator.mark_unhealthy(
-        "gpu-1", NodeMark.UNSCHEDULABLE, "XID79", "fell off the bus"
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
     )
 
     node = fake.node("gpu-1")
@@ -265,7 +281,7 @@ async def test_an_api_server_failing_past_the_deadline_gives_not_ok(
     fake.fail_next("PATCH", NODE, 500, times=1000)
 
     result = await actuator.mark_unhealthy(
-        "gpu-1", NodeMark.UNSCHEDULABLE, "XID79", "fell off the bus"
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
     )
 
     assert (result.ok, result.changed) == (False, False)
@@ -274,7 +290,7 @@ async def test_an_api_server_failing_past_the_deadline_gives_not_ok(
 
 async def test_a_missing_node_gives_not_ok_saying_it_is_gone(actuator: KubeActuator) -> None:
     result = await actuator.mark_unhealthy(
-        "gpu-404", NodeMark.UNSCHEDULABLE, "XID79", "fell off the bus"
+        "gpu-404", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
     )
 
     assert (result.ok, result.changed) == (False, False)
@@ -287,24 +303,95 @@ async def test_a_node_deleted_between_read_and_write_gives_not_ok(
     fake.fail_next("PATCH", NODE, 404)
 
     result = await actuator.mark_unhealthy(
-        "gpu-1", NodeMark.UNSCHEDULABLE, "XID79", "fell off the bus"
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
     )
 
     assert not result.ok
     assert "gone" in result.detail
 
 
-async def test_a_lost_event_is_reported_but_the_marks_stand(
+async def test_a_lost_event_fails_the_attempt_but_the_marks_stand(
     fake: FakeKube, actuator: KubeActuator
 ) -> None:
     fake.fail_next("POST", "/api/v1/namespaces/default/events", 403)
 
     result = await actuator.mark_unhealthy(
-        "gpu-1", NodeMark.UNSCHEDULABLE, "XID79", "fell off the bus"
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
     )
 
-    assert (result.ok, result.changed) == (True, True)
+    assert not result.ok
     assert "not recorded" in result.detail
+    assert fake.node("gpu-1")["metadata"]["labels"][HEALTH_LABEL] == "Unschedulable"
+    assert fake.events() == []
+
+
+async def test_the_next_attempt_records_the_missing_event_and_rewrites_no_mark(
+    fake: FakeKube, actuator: KubeActuator
+) -> None:
+    fake.fail_next("POST", "/api/v1/namespaces/default/events", 403)
+    await actuator.mark_unhealthy(
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
+    )
+    fake.clear_requests()
+
+    result = await actuator.mark_unhealthy(
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
+    )
+
+    assert result.ok
+    assert [r.method for r in fake.writes()] == ["POST"]
+    assert [e["reason"] for e in fake.events()] == ["GPUFault"]
+
+
+async def test_a_fact_gets_one_event_even_when_its_first_post_landed_unanswered(
+    fake: FakeKube, actuator: KubeActuator
+) -> None:
+    xid = fact("XID79", "fell off the bus")
+    await actuator.mark_unhealthy("gpu-1", NodeMark.UNSCHEDULABLE, xid)
+    # the same fact again, as a retry whose earlier POST got in after its client gave up
+    fake.fail_next("GET", "/api/v1/namespaces/default/events/*", 404)
+
+    result = await actuator.mark_unhealthy("gpu-1", NodeMark.UNSCHEDULABLE, xid)
+
+    assert result.ok
+    assert "already recorded" in result.detail
+    assert len(fake.events()) == 1
+
+
+async def test_the_mark_records_its_decision_on_the_node(
+    fake: FakeKube, actuator: KubeActuator
+) -> None:
+    xid = fact("GPUFault", "XID 79 on GPU 2")
+    await actuator.mark_unhealthy("gpu-1", NodeMark.PENDING_REBOOT, xid)
+
+    facts = await actuator.node_facts("gpu-1")
+
+    assert facts.fact is not None
+    assert (facts.fact.id, facts.fact.message) == (xid.id, "XID 79 on GPU 2")
+
+
+async def test_a_recovery_finished_by_a_retry_still_gets_its_one_event(
+    fake: FakeKube, actuator: KubeActuator
+) -> None:
+    await actuator.mark_unhealthy("gpu-1", NodeMark.PENDING_REBOOT, fact("XID79", "off the bus"))
+    recovered = fact("NodeRecovered", "healthy on a new boot")
+    fake.fail_next("POST", "/api/v1/namespaces/default/events", 500, times=1000)
+    short = KubeActuator(actuator._api.client, retry=SHORT_DEADLINE)
+    assert not (await short.mark_healthy("gpu-1", recovered)).ok  # marks lifted, event lost
+    fake.clear_faults()
+
+    result = await actuator.mark_healthy("gpu-1", recovered)
+
+    assert result.ok
+    assert [e["reason"] for e in fake.events()] == ["NodeMarkedForRecovery", "NodeRecovered"]
+
+
+async def test_list_nodes_names_every_node_of_the_cluster(
+    fake: FakeKube, actuator: KubeActuator
+) -> None:
+    fake.add_node("gpu-2")
+
+    assert await actuator.list_nodes() == frozenset({"gpu-1", "gpu-2"})
 
 
 async def test_a_slow_api_server_does_not_block_the_event_loop(
@@ -349,7 +436,9 @@ async def test_a_request_slower_than_its_timeout_is_abandoned_and_retried(
 async def test_node_facts_read_readiness_instance_type_and_our_marks(
     fake: FakeKube, actuator: KubeActuator
 ) -> None:
-    await actuator.mark_unhealthy("gpu-1", NodeMark.PENDING_REBOOT, "XID79", "fell off the bus")
+    await actuator.mark_unhealthy(
+        "gpu-1", NodeMark.PENDING_REBOOT, fact("XID79", "fell off the bus")
+    )
 
     facts = await actuator.node_facts("gpu-1")
 
@@ -395,7 +484,9 @@ async def test_list_marked_lists_only_nodes_marked_other_than_schedulable(
 ) -> None:
     fake.add_node("gpu-2", labels={HEALTH_LABEL: "Schedulable"})
     fake.add_node("gpu-3")
-    await actuator.mark_unhealthy("gpu-1", NodeMark.UNSCHEDULABLE, "XID79", "fell off the bus")
+    await actuator.mark_unhealthy(
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
+    )
 
     marked = await actuator.list_marked()
 
@@ -405,19 +496,24 @@ async def test_list_marked_lists_only_nodes_marked_other_than_schedulable(
 async def test_every_call_is_observed_and_declared(
     fake: FakeKube, actuator: KubeActuator, calls: list[ApiCall]
 ) -> None:
-    await actuator.mark_unhealthy("gpu-1", NodeMark.UNSCHEDULABLE, "XID79", "fell off the bus")
-    await actuator.mark_healthy("gpu-1", "Rebooted", "healthy")
+    await actuator.mark_unhealthy(
+        "gpu-1", NodeMark.UNSCHEDULABLE, fact("XID79", "fell off the bus")
+    )
+    await actuator.mark_healthy("gpu-1", fact("Rebooted", "healthy"))
     await actuator.list_marked()
 
     assert {(c.verb, c.resource) for c in calls} == {
         ("get", "nodes"),
         ("patch", "nodes"),
         ("patch", "nodes/status"),
+        ("get", "events"),
         ("create", "events"),
         ("list", "nodes"),
     }
     assert {(c.verb, c.resource) for c in calls} <= API_CALLS_USED
-    assert all(c.outcome == "ok" and c.seconds >= 0 for c in calls)
+    # the one miss is the look for an Event before creating it
+    assert [c.resource for c in calls if c.outcome != "ok"] == ["events", "events"]
+    assert all(c.seconds >= 0 for c in calls)
     assert len(calls) == len(fake.requests())
 
 
