@@ -87,7 +87,9 @@ async def serve_agent(agent: Agent, stop: asyncio.Event, *, say_goodbye: bool = 
         settings.broker,
         agent.stamp,
         spool,
+        ack_timeout_s=settings.event_ack_timeout_s,
         on_published=lambda kind: agent.metrics.published.labels(kind.value).inc(),
+        on_acked=agent.metrics.events_acked.inc,
         on_connection=lambda up: agent.metrics.broker_connected.set(1 if up else 0),
     )
     agent.publisher = publisher

@@ -216,8 +216,9 @@ class Agent:
     def _send_event(self, **fields: Any) -> None:
         msg = EventMessage(**self.stamp.next(), **fields)
         log.warning(
-            "fault", kind=msg.kind.value, code=msg.code, gpu=msg.gpu_index, message=msg.message
-        )
+            "fault", kind=msg.kind.value, code=msg.code, gpu=msg.gpu_index, message=msg.message,
+            event_id=msg.event_id,
+        )  # fmt: skip
         if self.publisher is not None:
             self.publisher.publish_event(encode(msg))
 

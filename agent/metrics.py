@@ -87,7 +87,14 @@ class AgentMetrics:
             "gpuwarden_agent_broker_connected", "1 while connected to the broker", registry=r
         )
         self.spool_depth = Gauge(
-            "gpuwarden_agent_spool_events", "Fault events waiting for the broker", registry=r
+            "gpuwarden_agent_spool_events",
+            "Fault events the coordinator has not acknowledged yet",
+            registry=r,
+        )
+        self.events_acked = Counter(
+            "gpuwarden_agent_events_acked",
+            "Fault events the coordinator acknowledged (removed from the spool)",
+            registry=r,
         )
         self.spool_dropped = Gauge(
             "gpuwarden_agent_spool_dropped_events",

@@ -1,13 +1,17 @@
 """The agent's MQTT side: retained status with a last will, retained state, fault events.
 
-One connection loop owns the client. Events go through the :mod:`agent.spool` first and are
-sent in order, each acknowledged (QoS 1) before the next; the state is a single "latest" slot,
-since only the newest snapshot matters.
+One connection loop owns the client. Events go through the :mod:`agent.spool` first, are sent
+in order (QoS 1), and stay spooled until the coordinator acknowledges them on the node's
+``ack`` topic: an event the broker took but nobody received (the coordinator down, the
+broker restarted without persistence) is sent again after ``ack_timeout_s``, then at growing
+intervals, and on every reconnect. The state is a single "latest" slot, since only the
+newest snapshot matters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -21,7 +25,15 @@ import structlog
 from agent.spool import Spool
 from gpuwarden_common.backoff import backoff_delay
 from gpuwarden_common.broker import BrokerSettings
-from gpuwarden_common.wire import Kind, StatusMessage, encode, node_topic
+from gpuwarden_common.wire import (
+    Kind,
+    StatusMessage,
+    WireError,
+    decode_ack,
+    encode,
+    event_id_of,
+    node_topic,
+)
 
 log = structlog.get_logger("agent.publisher")
 
@@ -81,7 +93,10 @@ class Publisher:
         keepalive_s: int = 15,
         publish_timeout_s: float = 5.0,
         backoff: Backoff = Backoff(),
+        ack_timeout_s: float = 10.0,
+        ack_timeout_max_s: float = 120.0,
         on_published: PublishHook | None = None,
+        on_acked: Callable[[int], None] | None = None,
         on_connection: Callable[[bool], None] | None = None,
     ) -> None:
         self._broker = broker
@@ -92,7 +107,10 @@ class Publisher:
         # keeps the message queued and aiomqtt waits for a PUBACK that will never come.
         self._publish_timeout = publish_timeout_s
         self._backoff = backoff
+        self._ack_timeout_s = ack_timeout_s
+        self._ack_timeout_max_s = ack_timeout_max_s
         self._on_published = on_published or (lambda _k: None)
+        self._on_acked = on_acked or (lambda _n: None)
         self._on_connection = on_connection or (lambda _c: None)
         self._latest_state: bytes | None = None
         self._state_dirty = False
@@ -101,6 +119,17 @@ class Publisher:
         self._client: aiomqtt.Client | None = None
         self.connected = False
         self._topic = {k: node_topic(stamp.cluster, stamp.node, k) for k in Kind}
+        # events sent on this connection and not yet acknowledged: when, and how often
+        self._sent_at: dict[int, float] = {}
+        self._sends: dict[int, int] = {}
+        self._key_of: dict[str, int] = {}  # event_id -> spool key
+        for key in spool.pending():  # a spool kept across an agent restart
+            item = spool.get(key)
+            event_id = None if item is None else event_id_of(item.payload)
+            if event_id is not None:
+                self._key_of[event_id] = key
+        if len(spool) == 0:
+            self._drained.set()
 
     # --- called by the daemon -------------------------------------------------------------
     def publish_state(self, payload: bytes) -> None:
@@ -109,7 +138,10 @@ class Publisher:
         self._wake.set()
 
     def publish_event(self, payload: bytes) -> None:
-        self._spool.append(self._topic[Kind.EVENTS], payload)
+        key = self._spool.append(self._topic[Kind.EVENTS], payload)
+        event_id = event_id_of(payload)
+        if event_id is not None:
+            self._key_of[event_id] = key
         self._drained.clear()
         self._wake.set()
 
@@ -147,15 +179,18 @@ class Publisher:
                     outage_logged = False
                     delays = self._backoff.delays()
                     await client.publish(self._topic[Kind.STATUS], online, qos=1, retain=True)
+                    await client.subscribe(self._topic[Kind.ACK], qos=1)
                     self._state_dirty = self._latest_state is not None
+                    # whatever this connection sends, it sends again: the last one's may be lost
+                    self._sent_at.clear()
                     await self._serve(client)
-            except aiomqtt.MqttError as exc:
+            except* aiomqtt.MqttError as group:
                 self._set_connected(False)
                 if not outage_logged:
                     log.warning(
                         "broker unreachable; events spool until it is back",
                         broker=self._broker.display,
-                        error=str(exc),
+                        error=str(group.exceptions[0]),
                         spooled=len(self._spool),
                     )
                     outage_logged = True
@@ -164,27 +199,88 @@ class Publisher:
                 self._client = None
 
     async def _serve(self, client: aiomqtt.Client) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._receive_acks(client), name="publisher-acks")
+            tg.create_task(self._send(client), name="publisher-send")
+
+    async def _send(self, client: aiomqtt.Client) -> None:
         while True:
             self._wake.clear()
-            await self._drain_events(client)
+            next_due = await self._send_due_events(client)
             if self._state_dirty and self._latest_state is not None:
                 self._state_dirty = False
                 await client.publish(
                     self._topic[Kind.STATE], self._latest_state, qos=1, retain=True
                 )
                 self._on_published(Kind.STATE)
-            if len(self._spool) == 0 and not self._state_dirty:
-                await self._wake.wait()
+            if self._state_dirty:
+                continue
+            timeout = None if next_due is None else max(0.0, next_due - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
-    async def _drain_events(self, client: aiomqtt.Client) -> None:
-        while (item := self._spool.peek()) is not None:
+    async def _send_due_events(self, client: aiomqtt.Client) -> float | None:
+        """Send, in order, every event not sent on this connection yet or unacknowledged
+        past its timeout; returns when the next one falls due (None: none waiting)."""
+        next_due: float | None = None
+        for key in self._spool.pending():
+            sent_at = self._sent_at.get(key)
+            if sent_at is not None:
+                due = sent_at + self._resend_after(self._sends.get(key, 1))
+                if due > time.monotonic():
+                    next_due = due if next_due is None else min(next_due, due)
+                    continue
+            item = self._spool.get(key)
+            if item is None:
+                continue
             await client.publish(item.topic, item.payload, qos=1, retain=False)
-            self._spool.ack(item.key)
+            self._sent_at[key] = time.monotonic()
+            self._sends[key] = self._sends.get(key, 0) + 1
             self._on_published(Kind.EVENTS)
-        self._drained.set()
+            due = self._sent_at[key] + self._resend_after(self._sends[key])
+            next_due = due if next_due is None else min(next_due, due)
+        return next_due
+
+    def _resend_after(self, sends: int) -> float:
+        return min(self._ack_timeout_max_s, self._ack_timeout_s * 2.0 ** min(sends - 1, 10))
+
+    async def _receive_acks(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            if message.topic.value != self._topic[Kind.ACK]:
+                continue
+            payload = message.payload
+            try:
+                ack = decode_ack(payload if isinstance(payload, bytes | bytearray | str) else b"")
+            except WireError as err:
+                log.warning("acknowledgement dropped", reason=err.reason, detail=err.detail)
+                continue
+            if (ack.cluster, ack.node) != (self._stamp.cluster, self._stamp.node):
+                continue
+            self._acknowledged(ack.event_ids)
+
+    def _acknowledged(self, event_ids: list[str]) -> None:
+        done = 0
+        for event_id in event_ids:
+            key = self._key_of.pop(event_id, None)
+            if key is None:
+                continue  # acked twice, or dropped from a full spool meanwhile
+            self._spool.ack(key)
+            self._sent_at.pop(key, None)
+            self._sends.pop(key, None)
+            done += 1
+        if done:
+            self._on_acked(done)
+        if len(self._spool) == 0:
+            self._drained.set()
+        if len(self._key_of) > len(self._spool) + 1024:  # dropped from a full spool
+            live = set(self._spool.pending())
+            self._key_of = {e: k for e, k in self._key_of.items() if k in live}
+        self._wake.set()
 
     async def wait_drained(self) -> None:
-        """Until every spooled event has been acknowledged (bound it with a timeout)."""
+        """Until the coordinator has acknowledged every spooled event (bound it with a
+        timeout)."""
         await self._drained.wait()
 
     async def say_offline(self) -> None:

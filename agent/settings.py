@@ -25,6 +25,7 @@ class AgentSettings:
     interval_s: float
     http: HttpAddress | None
     spool_dir: Path | None
+    event_ack_timeout_s: float
     gpu_backend: str
     sim_gpus: int
     sim_scenario: Path | None
@@ -77,7 +78,14 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--spool",
         default=e("SPOOL"),
-        help="directory for undelivered fault events (default: memory only)",
+        help="directory for fault events the coordinator has not acknowledged yet "
+        "(default: memory only, lost if the agent restarts)",
+    )
+    p.add_argument(
+        "--event-ack-timeout",
+        default=e("EVENT_ACK_TIMEOUT", "10"),
+        help="seconds to wait for the coordinator's acknowledgement of an event before "
+        "sending it again; the wait doubles up to 120 s (default %(default)s)",
     )
     p.add_argument("--gpu-backend", default=e("GPU_BACKEND", "nvml"), choices=["nvml", "sim"])
     p.add_argument("--sim-gpus", default=e("SIM_GPUS", "8"))
@@ -153,6 +161,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> AgentSettings
         interval_s=positive(args.interval, "--interval"),
         http=HttpAddress.parse(args.http),
         spool_dir=spool,
+        event_ack_timeout_s=positive(args.event_ack_timeout, "--event-ack-timeout"),
         gpu_backend=args.gpu_backend,
         sim_gpus=int(positive(args.sim_gpus, "--sim-gpus", integer=True)),
         sim_scenario=Path(args.sim_scenario) if args.sim_scenario else None,

@@ -1,10 +1,11 @@
 """A bounded, ordered, write-ahead spool for fault events.
 
-Every event is appended here *before* it is sent, and removed only after the broker has
-acknowledged it (QoS 1 PUBACK). So an event raised while the broker is away, or while the
-agent restarts, is delivered later, in order; a clean reconnect sends nothing twice. The
-coordinator also deduplicates on ``event_id``, which covers the one window a crash between
-PUBACK and unlink leaves open.
+Every event is appended here *before* it is sent, and removed only when the *coordinator*
+has acknowledged it (its ``ack`` message names the event): a broker's PUBACK only says the
+broker has it, and a broker restart, or a coordinator not subscribed at that moment, loses
+what the broker had. So an event raised while the broker or the coordinator is away, or
+while the agent restarts, is delivered later; the coordinator deduplicates resends on
+``event_id``. Acknowledgements may come in any order, so any event can be removed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,14 +28,22 @@ class SpooledEvent:
 class Spool(Protocol):
     dropped: int
 
-    def append(self, topic: str, payload: bytes) -> None: ...
+    def append(self, topic: str, payload: bytes) -> int:
+        """Keep an event; returns its key (increasing)."""
+        ...
+
+    def pending(self) -> list[int]:
+        """Keys of the events not yet acknowledged, oldest first."""
+        ...
+
+    def get(self, key: int) -> SpooledEvent | None: ...
 
     def peek(self) -> SpooledEvent | None:
         """The oldest event not yet acknowledged."""
         ...
 
     def ack(self, key: int) -> None:
-        """The broker has it: forget it."""
+        """The coordinator has it: forget it (a key already gone is ignored)."""
         ...
 
     def __len__(self) -> int: ...
@@ -45,28 +53,37 @@ class MemorySpool:
     """Survives broker outages, not agent restarts: the default without ``--spool``."""
 
     def __init__(self, max_events: int = 10_000) -> None:
-        self._items: deque[SpooledEvent] = deque()
+        self._items: dict[int, SpooledEvent] = {}  # insertion order is key order
         self._next = 0
         self._max = max_events
         self._lock = threading.Lock()
         self.dropped = 0
 
-    def append(self, topic: str, payload: bytes) -> None:
+    def append(self, topic: str, payload: bytes) -> int:
         with self._lock:
-            if len(self._items) >= self._max:
-                self._items.popleft()
-                self.dropped += 1
-            self._items.append(SpooledEvent(self._next, topic, payload))
+            key = self._next
             self._next += 1
+            self._items[key] = SpooledEvent(key, topic, payload)
+            while len(self._items) > self._max:
+                del self._items[next(iter(self._items))]
+                self.dropped += 1
+            return key
+
+    def pending(self) -> list[int]:
+        with self._lock:
+            return list(self._items)
+
+    def get(self, key: int) -> SpooledEvent | None:
+        with self._lock:
+            return self._items.get(key)
 
     def peek(self) -> SpooledEvent | None:
         with self._lock:
-            return self._items[0] if self._items else None
+            return next(iter(self._items.values()), None)
 
     def ack(self, key: int) -> None:
         with self._lock:
-            if self._items and self._items[0].key == key:
-                self._items.popleft()
+            self._items.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -92,15 +109,16 @@ class DirectorySpool:
         self.dropped = 0
         for stale in self._dir.glob("*.tmp"):
             stale.unlink(missing_ok=True)
-        self._keys: deque[int] = deque(
+        # insertion order is key order
+        self._keys: dict[int, None] = dict.fromkeys(
             sorted(int(p.name.removesuffix(self._SUFFIX)) for p in self._dir.glob("*.event"))
         )
-        self._next = (self._keys[-1] + 1) if self._keys else 0
+        self._next = (max(self._keys) + 1) if self._keys else 0
 
     def _path(self, key: int) -> Path:
         return self._dir / f"{key:020d}{self._SUFFIX}"
 
-    def append(self, topic: str, payload: bytes) -> None:
+    def append(self, topic: str, payload: bytes) -> int:
         with self._lock:
             key = self._next
             self._next += 1
@@ -113,30 +131,44 @@ class DirectorySpool:
             finally:
                 os.close(fd)
             tmp.rename(self._path(key))
-            self._keys.append(key)
+            self._keys[key] = None
             while len(self._keys) > self._max:
-                self._path(self._keys.popleft()).unlink(missing_ok=True)
+                oldest = next(iter(self._keys))
+                del self._keys[oldest]
+                self._path(oldest).unlink(missing_ok=True)
                 self.dropped += 1
+            return key
+
+    def pending(self) -> list[int]:
+        with self._lock:
+            return list(self._keys)
+
+    def get(self, key: int) -> SpooledEvent | None:
+        with self._lock:
+            if key not in self._keys:
+                return None
+            try:
+                raw = self._path(key).read_bytes()
+            except FileNotFoundError:
+                del self._keys[key]
+                return None
+        topic, _, payload = raw.partition(b"\n")
+        return SpooledEvent(key, topic.decode(), payload)
 
     def peek(self) -> SpooledEvent | None:
-        with self._lock:
-            while self._keys:
-                key = self._keys[0]
-                try:
-                    raw = self._path(key).read_bytes()
-                except FileNotFoundError:
-                    self._keys.popleft()
-                    continue
-                topic, _, payload = raw.partition(b"\n")
-                return SpooledEvent(key, topic.decode(), payload)
-            return None
+        while (keys := self.pending()):
+            item = self.get(keys[0])
+            if item is not None:
+                return item
+        return None
 
     def ack(self, key: int) -> None:
         with self._lock:
-            if self._keys and self._keys[0] == key:
-                self._keys.popleft()
-                with contextlib.suppress(FileNotFoundError):
-                    self._path(key).unlink()
+            if key not in self._keys:
+                return
+            del self._keys[key]
+            with contextlib.suppress(FileNotFoundError):
+                self._path(key).unlink()
 
     def __len__(self) -> int:
         return len(self._keys)

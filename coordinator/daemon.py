@@ -17,10 +17,11 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from coordinator.actuators import Actuator
-from coordinator.alerts import AlertSender
+from coordinator.alerts import Alert, AlertSender
 from coordinator.api import Json, UnknownNode
 from coordinator.audit import AuditLog
-from coordinator.ingest import IngestGate, Ingestor
+from coordinator.feed import HealthFeed, verdict_of
+from coordinator.ingest import BootConflict, IngestGate, Ingestor
 from coordinator.lifecycle import FAULT_STATES, LifecycleConfig, Transition
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import ClusterModel, NodeRecord
@@ -29,22 +30,17 @@ from coordinator.safety import SafetyGate
 from coordinator.settings import CoordinatorSettings
 from coordinator.task_governance import TaskGovernance
 from gpuwarden_common.backoff import backoff_delay
+from gpuwarden_common.health import Severity
 from gpuwarden_common.wire import (
     ClusterHealthMessage,
     EventMessage,
-    Kind,
     NodeVerdictMessage,
     StateMessage,
     StatusMessage,
-    cluster_health_topic,
-    encode,
-    node_topic,
     to_builtins,
 )
 
 log = structlog.get_logger("coordinator")
-
-CLUSTER_FEED_INTERVAL_S = 5.0
 
 
 class Leadership(Protocol):
@@ -83,10 +79,16 @@ class Coordinator:
             settings.alert_webhook, settings.alert_shape,  # type: ignore[arg-type]
             registry=self.registry,
         )
-        self.gate = IngestGate(settings.cluster, self.registry)
+        self.gate = IngestGate(settings.cluster, self.registry,
+                               max_clock_skew_s=settings.max_clock_skew_s)  # fmt: skip
         self.ingestor = Ingestor(
             settings.broker, settings.cluster, self, self.gate,
             client_id=f"gpuwarden-coordinator-{settings.identity}",
+            should_ack=lambda: self._acting,
+            # the feed needs the ingestor to publish, so it is built after: late-bound
+            on_connected=lambda: self.feed.republish_all(),  # noqa: PLW0108
+            on_conflict=self._boot_conflict,
+            on_feed=lambda topic, payload: self.feed.heard(topic, payload),  # noqa: PLW0108
         )
         self.lifecycle = LifecycleConfig(
             offline_grace_s=settings.offline_grace_s,
@@ -106,8 +108,11 @@ class Coordinator:
             on_node_changed=self._node_changed,
             clock=clock,
         )
-        self._verdicts_due: set[str] = set()
-        self._feed_wake = asyncio.Event()
+        self.feed = HealthFeed(
+            settings.cluster, self.model, self.ingestor.publish_retained, self.cluster_health,
+            self.registry, is_acting=lambda: self._acting, on_round=self._feed_round,
+            refresh_s=settings.feed_refresh_s, clock=clock,
+        )  # fmt: skip
         self.started_at = clock()
 
     # --- ingest sink ----------------------------------------------------------------------
@@ -116,19 +121,35 @@ class Coordinator:
             self.remediator.poke(msg.node)
 
     def on_state(self, msg: StateMessage) -> None:
+        record = self.model.node(msg.node)
+        before = None if record is None else _verdict_key(record)
         if self.model.apply_state(msg, self.clock()):
+            record = self.model.node(msg.node)
+            if record is not None and _verdict_key(record) != before:
+                self.feed.changed(msg.node)  # a new node, or news in its verdict
             self.remediator.poke(msg.node)
 
     def on_event(self, msg: EventMessage) -> None:
         log.warning("fault event", node=msg.node, code=msg.code, gpu=msg.gpu_index,
-                    kind=msg.kind.value, message=msg.message)
+                    kind=msg.kind.value, message=msg.message, event_id=msg.event_id)
         if self.model.apply_event(msg, self.clock()):
             self.remediator.poke(msg.node)
 
+    def _boot_conflict(self, conflict: BootConflict) -> None:
+        log.error("two boots talk as one node: a forger or a cloned machine; the live one is "
+                  "not ignored", node=conflict.node, boot=conflict.live_boot,
+                  other_boot=conflict.other_boot)  # fmt: skip
+        self.alerts.send(Alert(
+            key=f"boot-conflict/{conflict.node}", severity=Severity.WARNING,
+            summary=f"{conflict.node}: two boots publish as this node",
+            description=f"boots {conflict.live_boot} and {conflict.other_boot} both talk; "
+            "check the broker's ACL (a forger) or the machine (a clone)",
+            labels={"node": conflict.node},
+        ))  # fmt: skip
+
     # --- feed -------------------------------------------------------------------------------
     def _node_changed(self, record: NodeRecord) -> None:
-        self._verdicts_due.add(record.name)
-        self._feed_wake.set()
+        self.feed.changed(record.name)
 
     async def _transitioned(self, t: Transition, record: NodeRecord) -> None:
         if self.governance is None:
@@ -138,12 +159,7 @@ class Coordinator:
             await self.governance.on_node_out(t.node, t.message)
 
     def verdict_of(self, record: NodeRecord) -> NodeVerdictMessage:
-        return NodeVerdictMessage(
-            cluster=self.settings.cluster, node=record.name, ts=self.clock(),
-            lifecycle=record.lifecycle.value, health=record.health, action=record.action,
-            reason=record.message or record.reason, schedulable=record.in_service,
-            gpus_total=record.gpus_total, gpus_healthy=record.gpus_healthy,
-        )
+        return verdict_of(record, self.settings.cluster, self.clock())
 
     def cluster_health(self) -> ClusterHealthMessage:
         cap = self.model.capacity()
@@ -158,35 +174,12 @@ class Coordinator:
             paused_reason=pause.message if pause is not None else "",
         )
 
-    async def _feed(self) -> None:
-        next_cluster = 0.0
-        while True:
-            if self._acting:
-                due, self._verdicts_due = self._verdicts_due, set()
-                for name in sorted(due):
-                    record = self.model.node(name)
-                    if record is not None:
-                        await self.ingestor.publish_retained(
-                            node_topic(self.settings.cluster, name, Kind.VERDICT),
-                            encode(self.verdict_of(record)),
-                        )
-            now = self.clock()
-            if now >= next_cluster:
-                health = self.cluster_health()
-                self.metrics.observe_capacity(self.model.capacity())
-                if self.governance is not None and self._acting:
-                    # nodes that join healthy make no transition: capacity flows from here too
-                    self.governance.set_capacity(self.model.healthy_gpus_by_node())
-                if self._acting:
-                    await self.ingestor.publish_retained(
-                        cluster_health_topic(self.settings.cluster), encode(health)
-                    )
-                next_cluster = now + CLUSTER_FEED_INTERVAL_S
-            self._feed_wake.clear()
-            # asyncio.timeout, not wait_for: see Remediator.run (a cancel must never be lost)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.05, next_cluster - now)):
-                    await self._feed_wake.wait()
+    def _feed_round(self) -> None:
+        """Every feed round (5 s): capacity metrics, and governance's view of capacity."""
+        self.metrics.observe_capacity(self.model.capacity())
+        if self.governance is not None and self._acting:
+            # nodes that join healthy make no transition: capacity flows from here too
+            self.governance.set_capacity(self.model.healthy_gpus_by_node())
 
     # --- leadership -------------------------------------------------------------------------
     async def _follow_leadership(self) -> None:
@@ -210,8 +203,7 @@ class Coordinator:
                 self._leading.set()
                 self.metrics.leader.set(1)
                 log.info("leading: acting on the fleet", identity=self.settings.identity)
-                for record in self.model.nodes():
-                    self._node_changed(record)
+                self.feed.republish_all()
             elif not leading and self._acting:
                 self._acting = False
                 self._leading.clear()
@@ -231,7 +223,7 @@ class Coordinator:
             tg.create_task(self.alerts.run(), name="alerts")
             tg.create_task(self._follow_leadership(), name="leadership")
             tg.create_task(self.remediator.run(), name="remediation")
-            tg.create_task(self._feed(), name="feed")
+            tg.create_task(self.feed.run(), name="feed")
             if self.governance is not None:
                 tg.create_task(self._govern(), name="governance")
 
@@ -356,3 +348,7 @@ class Coordinator:
         log.warning("operator action", verb=verb, node=node, actor=actor, reason=reason)
         return {"node": node, "accepted": verb, "note": "applied on the next decision"}
 
+
+def _verdict_key(record: NodeRecord) -> tuple[object, ...]:
+    """What a node's verdict says besides the lifecycle (whose changes publish it anyway)."""
+    return (record.health, record.action, record.gpus_total, record.gpus_healthy)

@@ -6,8 +6,16 @@ the I/O: one aiomqtt connection, reconnected forever, that feeds the gate and ha
 accepts to an :class:`IngestSink` (the capacity model).
 
 Ordering is per node: each node has a current ``boot_id`` (a new one starts over, and the
-boots it replaced are remembered so their late messages are refused) and, per message kind,
-the last accepted ``seq``. Retained replays after a reconnect therefore come back ``stale``.
+boots it replaced are remembered so their late messages are refused) and, for status and
+state, the last accepted ``seq``. Retained replays after a reconnect therefore come back
+``stale``. Events are not ordered but deduplicated on ``event_id``: an agent resends every
+event until the coordinator acknowledges it (:class:`Ingestor` publishes the acks), so a
+resend may come after newer messages and must still be taken.
+
+A forged or cloned publisher must not silence the real agent: a status or state stamped
+further ahead of the coordinator's clock than ``max_clock_skew_s`` is refused
+(``clock_skew``), and a boot that was replaced but keeps talking (its message is newer than
+the switch) is taken back as the node's boot and reported as a conflict, never ignored.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +35,7 @@ from gpuwarden_common.backoff import backoff_delay
 from gpuwarden_common.broker import BrokerSettings
 from gpuwarden_common.wire import (
     TOPIC_ROOT,
+    AckMessage,
     AgentMessage,
     EventMessage,
     Kind,
@@ -34,7 +43,10 @@ from gpuwarden_common.wire import (
     StatusMessage,
     WireError,
     agent_subscriptions,
+    cluster_health_topic,
     decode,
+    encode,
+    node_topic,
     parse_node_topic,
 )
 
@@ -45,7 +57,27 @@ log = structlog.get_logger("coordinator.ingest")
 WRONG_CLUSTER = "wrong_cluster"
 STALE = "stale"
 DUPLICATE = "duplicate"
+CLOCK_SKEW = "clock_skew"
 INTERNAL_ERROR = "internal_error"
+# the most event ids one acknowledgement carries (the wire's bound)
+ACK_BATCH = 4096
+
+
+class Refusal(WireError):
+    """A valid message the gate will not pass on; ``message`` is it, decoded."""
+
+    def __init__(self, reason: str, detail: str, message: AgentMessage) -> None:
+        super().__init__(reason, detail)
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class BootConflict:
+    """Two boots of one node talk at once: a forger, or a cloned machine."""
+
+    node: str
+    live_boot: str
+    other_boot: str
 
 _UNKNOWN_KIND = "unknown"
 _KIND_OF_TYPE = {"status": Kind.STATUS, "state": Kind.STATE, "event": Kind.EVENTS}
@@ -74,6 +106,16 @@ class IngestMetrics:
         self.connected = Gauge(
             "gpuwarden_ingest_connected",
             "1 while the coordinator's MQTT connection is up and subscribed.",
+            registry=registry,
+        )
+        self.acks = Counter(
+            "gpuwarden_ingest_acks_total",
+            "Fault events acknowledged back to their agents",
+            registry=registry,
+        )
+        self.boot_conflicts = Counter(
+            "gpuwarden_ingest_boot_conflicts_total",
+            "Messages from a node's replaced boot that was still talking (forgery or a clone)",
             registry=registry,
         )
         self.sink_seconds = Histogram(
@@ -110,21 +152,36 @@ class _Cursor:
 
 
 @dataclass(slots=True)
-class _NodeOrder:
+class _Boot:
+    """One boot's cursors; ``replaced_at`` is the agent time of the first message of the boot
+    that replaced it (what it said before that is history, what it says after, a conflict)."""
+
     boot_id: str
     cursors: dict[Kind, _Cursor] = field(default_factory=dict)
-    retired_boots: deque[str] = field(default_factory=lambda: deque(maxlen=4))
+    replaced_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _NodeOrder:
+    current: _Boot
+    retired: OrderedDict[str, _Boot] = field(default_factory=OrderedDict)
+
+
+_RETIRED_BOOTS = 4
 
 
 class IngestGate:
     """Decides which agent messages reach the model. Not thread-safe: one caller.
 
-    ``accept`` raises :class:`WireError` for every refusal; ``err.reason`` is the metric
-    label. Beyond :func:`~gpuwarden_common.wire.decode`'s checks it refuses:
+    ``accept`` raises :class:`WireError` for every refusal (:class:`Refusal`, with the decoded
+    message, once it decoded); ``err.reason`` is the metric label. Beyond
+    :func:`~gpuwarden_common.wire.decode`'s checks it refuses:
 
     - ``wrong_cluster``: the topic or the payload names another cluster;
+    - ``clock_skew``: a status or state stamped more than ``max_clock_skew_s`` ahead of now;
     - ``stale``: same boot and a ``seq`` not above the last accepted for that node and kind
-      (retained replays, reordering), or a message from a boot the node has since left;
+      (retained replays, reordering), or a message a replaced boot sent before it was
+      replaced;
     - ``duplicate``: an event whose ``event_id`` was accepted within the recent window.
 
     One exception to ``stale``: a lower ``seq`` with a *later* agent timestamp than the
@@ -141,6 +198,7 @@ class IngestGate:
         dedupe_window_s: float = 3600.0,
         dedupe_max: int = 100_000,
         max_nodes: int = 100_000,
+        max_clock_skew_s: float = 30.0,
     ) -> None:
         self.cluster = cluster
         self.metrics = IngestMetrics(registry)
@@ -148,8 +206,10 @@ class IngestGate:
         self._dedupe_window_s = dedupe_window_s
         self._dedupe_max = dedupe_max
         self._max_nodes = max_nodes
+        self._max_skew_s = max_clock_skew_s
         self._nodes: OrderedDict[str, _NodeOrder] = OrderedDict()
         self._recent_events: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._conflicts: list[BootConflict] = []
 
     def accept(self, topic: str, payload: bytes, now: float) -> AgentMessage:
         kind_label = _kind_of(topic)
@@ -176,6 +236,13 @@ class IngestGate:
         """Drop a node's ordering state (the model removed the node)."""
         self._nodes.pop(node, None)
 
+    def take_conflicts(self) -> Sequence[BootConflict]:
+        """Boot conflicts seen since the last call, for the caller to report."""
+        if not self._conflicts:
+            return ()
+        found, self._conflicts = self._conflicts, []
+        return found
+
     def _admit(self, kind: Kind, msg: AgentMessage, now: float) -> None:
         """Check order and duplicates; commit only when the message is accepted."""
         event_key: tuple[str, str] | None = None
@@ -183,18 +250,21 @@ class IngestGate:
             self._expire_events(now)
             event_key = (msg.node, msg.event_id)
             if event_key in self._recent_events:
-                raise WireError(DUPLICATE, f"event {msg.event_id} from {msg.node}")
-
-        order = self._nodes.get(msg.node)
-        if order is None or order.boot_id != msg.boot_id:
-            if order is not None and msg.boot_id in order.retired_boots:
-                raise WireError(STALE, f"{msg.node}: boot {msg.boot_id} was replaced")
-            order = self._new_boot(msg.node, msg.boot_id, order)
-        else:
-            cursor = order.cursors.get(kind)
+                raise Refusal(DUPLICATE, f"event {msg.event_id} from {msg.node}", msg)
+        elif msg.ts > now + self._max_skew_s:
+            raise Refusal(
+                CLOCK_SKEW,
+                f"{msg.node}: stamped {msg.ts - now:.0f}s ahead of this coordinator's clock "
+                f"(at most {self._max_skew_s:g}s); check the node's NTP",
+                msg,
+            )
+        boot = self._boot_of(msg)
+        if event_key is None:
+            cursor = boot.cursors.get(kind)
             if cursor is not None and msg.seq <= cursor.seq and msg.ts <= cursor.ts:
-                raise WireError(STALE, f"{msg.node} {kind.value} seq {msg.seq} <= {cursor.seq}")
-        order.cursors[kind] = _Cursor(msg.seq, msg.ts)
+                raise Refusal(STALE, f"{msg.node} {kind.value} seq {msg.seq} <= {cursor.seq}",
+                              msg)  # fmt: skip
+            boot.cursors[kind] = _Cursor(msg.seq, msg.ts)
         self._nodes.move_to_end(msg.node)
 
         if event_key is not None:
@@ -202,17 +272,34 @@ class IngestGate:
             if len(self._recent_events) > self._dedupe_max:
                 self._recent_events.popitem(last=False)
 
-    def _new_boot(self, node: str, boot_id: str, previous: _NodeOrder | None) -> _NodeOrder:
-        order = _NodeOrder(boot_id)
-        if previous is not None:
-            order.retired_boots = previous.retired_boots
-            order.retired_boots.append(previous.boot_id)
-        self._nodes[node] = order
-        # A hostile or misconfigured publisher inventing node names must not grow memory
-        # without bound: the least recently heard node loses its ordering state first.
-        while len(self._nodes) > self._max_nodes:
-            self._nodes.popitem(last=False)
-        return order
+    def _boot_of(self, msg: AgentMessage) -> _Boot:
+        """The boot ``msg`` belongs to, made the node's current one; raises for history."""
+        order = self._nodes.get(msg.node)
+        if order is None:
+            order = self._nodes[msg.node] = _NodeOrder(_Boot(msg.boot_id))
+            # A hostile or misconfigured publisher inventing node names must not grow memory
+            # without bound: the least recently heard node loses its ordering state first.
+            while len(self._nodes) > self._max_nodes:
+                self._nodes.popitem(last=False)
+            return order.current
+        if order.current.boot_id == msg.boot_id:
+            return order.current
+        returning = order.retired.get(msg.boot_id)
+        if returning is not None:
+            if msg.ts <= returning.replaced_at:
+                raise Refusal(STALE, f"{msg.node}: boot {msg.boot_id} was replaced", msg)
+            # the boot that was replaced is still talking: two boots at once
+            self.metrics.boot_conflicts.inc()
+            self._conflicts.append(BootConflict(msg.node, msg.boot_id, order.current.boot_id))
+            del order.retired[msg.boot_id]
+        else:
+            returning = _Boot(msg.boot_id)
+        order.current.replaced_at = msg.ts
+        order.retired[order.current.boot_id] = order.current
+        while len(order.retired) > _RETIRED_BOOTS:
+            order.retired.popitem(last=False)
+        order.current = returning
+        return returning
 
     def _expire_events(self, now: float) -> None:
         horizon = now - self._dedupe_window_s
@@ -308,6 +395,10 @@ class Ingestor:
     ``run()`` never returns on its own: it reconnects with jittered backoff after every
     broker failure and is stopped by cancelling its task. A message that makes the gate or
     the sink raise is counted as ``internal_error`` and logged; the loop carries on.
+
+    While ``should_ack()`` holds (this replica leads), every fault event the sink took, and
+    every resend of one it already had, is acknowledged on the node's ``ack`` topic, batched
+    per node: the agent keeps an event until then, so delivery is end to end.
     """
 
     # Give the event loop a turn this often under a backlog, so the HTTP API and timers
@@ -328,6 +419,10 @@ class Ingestor:
         reconnect_max_s: float = 30.0,
         log_per_reason_per_minute: int = 5,
         slow_sink_s: float = 0.05,
+        should_ack: Callable[[], bool] = lambda: True,
+        on_connected: Callable[[], None] = lambda: None,
+        on_conflict: Callable[[BootConflict], None] = lambda _c: None,
+        on_feed: Callable[[str, bytes], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if gate.cluster != cluster:
@@ -347,6 +442,17 @@ class Ingestor:
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._slow_sink_s = slow_sink_s
+        self._should_ack = should_ack
+        self._on_connected_hook = on_connected
+        self._on_conflict = on_conflict
+        # the coordinator's own feed, heard back: retained verdicts and the cluster summary
+        self._on_feed = on_feed
+        self._feed_topics = (
+            [] if on_feed is None
+            else [node_topic(cluster, "+", Kind.VERDICT), cluster_health_topic(cluster)]
+        )  # fmt: skip
+        self._acks_due: dict[str, list[str]] = {}
+        self._ack_wake = asyncio.Event()
         self._clock = clock
         self._log_limiter = LogLimiter(log_per_reason_per_minute)
         self._received_rate = RateMeter()
@@ -420,19 +526,23 @@ class Ingestor:
                     keepalive=self._keepalive_s,
                     timeout=10,
                 ) as client:
-                    await client.subscribe([(t, 1) for t in agent_subscriptions(self._cluster)])
+                    await client.subscribe(
+                        [(t, 1) for t in (*agent_subscriptions(self._cluster), *self._feed_topics)]
+                    )
                     self._on_connected(client, down_since)
                     attempt, down_since = 0, None
                     await self._flush_pending_retained(client)
-                    await self._consume(client)
-            except aiomqtt.MqttError as exc:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._consume(client), name="ingest-consume")
+                        tg.create_task(self._send_acks(client), name="ingest-acks")
+            except* aiomqtt.MqttError as group:
                 if down_since is None:
                     down_since = time.monotonic()
                     self._outages += 1
                     log.warning(
                         "broker unreachable; reconnecting with backoff",
                         broker=self._broker.display,
-                        error=str(exc),
+                        error=str(group.exceptions[0]),
                     )
             finally:
                 self._client = None
@@ -456,6 +566,7 @@ class Ingestor:
                 broker=self._broker.display,
                 outage_s=round(time.monotonic() - down_since, 3),
             )
+        self._on_connected_hook()
 
     async def _flush_pending_retained(self, client: aiomqtt.Client) -> None:
         while self._pending_retained:
@@ -467,8 +578,13 @@ class Ingestor:
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         handled = 0
+        feed_suffix = (f"/{Kind.VERDICT.value}", "/cluster/health")
         async for message in client.messages:
-            self.handle(message.topic.value, _payload_bytes(message.payload))
+            topic = message.topic.value
+            if self._on_feed is not None and topic.endswith(feed_suffix):
+                self._on_feed(topic, _payload_bytes(message.payload))
+                continue
+            self.handle(topic, _payload_bytes(message.payload))
             handled += 1
             if handled % self._YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -483,25 +599,58 @@ class Ingestor:
             msg = self._gate.accept(topic, payload, now)
         except WireError as err:
             self._rejected += 1
+            if isinstance(err, Refusal) and isinstance(err.message, EventMessage):
+                # a resend of an event we have, or one from a boot gone since: either way
+                # we have it, so the agent may forget it (and stop resending)
+                self._ack(err.message)
             self._log_rejection(topic, err, now)
+            self._report_conflicts()
             return
         except Exception:
             self._internal_error(topic, now)
             return
         self._accepted += 1
         self._accepted_rate.add(now)
+        self._report_conflicts()
         started = time.perf_counter()
         try:
             if isinstance(msg, StateMessage):
                 self._sink.on_state(msg)
             elif isinstance(msg, EventMessage):
                 self._sink.on_event(msg)
+                self._ack(msg)
             else:
                 self._sink.on_status(msg)
         except Exception:
             self._internal_error(topic, now)
         finally:
             self._time_sink(time.perf_counter() - started, topic, now)
+
+    # --- acknowledgements ---------------------------------------------------------------------
+
+    def _ack(self, msg: EventMessage) -> None:
+        if not self._should_ack():
+            return  # a standby: the leader acknowledges, or the agent resends to it later
+        self._acks_due.setdefault(msg.node, []).append(msg.event_id)
+        self._ack_wake.set()
+
+    async def _send_acks(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._ack_wake.wait()
+            self._ack_wake.clear()
+            due, self._acks_due = self._acks_due, {}
+            for node, event_ids in due.items():
+                topic = node_topic(self._cluster, node, Kind.ACK)
+                for start in range(0, len(event_ids), ACK_BATCH):
+                    batch = event_ids[start:start + ACK_BATCH]
+                    ack = AckMessage(cluster=self._cluster, node=node, ts=self._clock(),
+                                     event_ids=batch)  # fmt: skip
+                    await client.publish(topic, encode(ack), qos=1, retain=False)
+                    self._metrics.acks.inc(len(batch))
+
+    def _report_conflicts(self) -> None:
+        for conflict in self._gate.take_conflicts():
+            self._on_conflict(conflict)
 
     def _time_sink(self, elapsed: float, topic: str, now: float) -> None:
         self._sink_calls += 1

@@ -114,6 +114,7 @@ class NodeRecord:
     boot_id: str = ""
     last_seq: int = -1
     last_state_at: float = 0.0
+    last_state_ts: float = 0.0  # the agent's own stamp on that report
     interval_s: float = 0.0
     agent_instance_type: str | None = None
     label_instance_type: str | None = None
@@ -224,6 +225,7 @@ class ClusterModel:
         record.boot_id = msg.boot_id
         record.last_seq = msg.seq
         record.last_state_at = now
+        record.last_state_ts = msg.ts
         record.interval_s = msg.interval_s
         record.agent_instance_type = msg.instance_type
         record.driver_version = msg.driver_version
@@ -267,9 +269,12 @@ class ClusterModel:
             msg.kind is not EventKind.HEALTH_CHANGE
             and msg.severity is Severity.CRITICAL
             and msg.boot_id == record.boot_id
+            and msg.ts >= record.last_state_ts
         ):
             # Faults are sent at once, the state that reflects them a moment later: act on
             # the fault now. The next state report is the agent's full word and replaces it.
+            # An event older than the latest report (a resend the agent kept until it was
+            # acknowledged) is history: that report already says what it meant.
             record.health = worst_health((record.health, Health.UNHEALTHY))
             record.action = strongest_action((record.action, msg.action))
             record.healthy_since = None

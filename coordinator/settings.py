@@ -37,6 +37,8 @@ class CoordinatorSettings:
     identity: str
     policy: Path | None
     log_level: str
+    max_clock_skew_s: float = 30.0
+    feed_refresh_s: float = 60.0
 
 
 def build_parser(
@@ -93,6 +95,13 @@ def build_parser(
                    help="governance policy YAML (teams, quotas, priority classes)")
     p.add_argument("--log-level", default=e("LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
+    p.add_argument("--max-clock-skew", default=e("MAX_CLOCK_SKEW", "30"),
+                   help="seconds an agent's status or state may be stamped ahead of this "
+                   "coordinator's clock; later ones are refused (default %(default)s)")
+    p.add_argument("--feed-refresh", default=e("FEED_REFRESH", "60"),
+                   help="seconds between republishing every retained verdict and the cluster "
+                   "summary, so the health feed is never stale or forged for long "
+                   "(default %(default)s)")
     return p
 
 
@@ -147,4 +156,6 @@ def parse_settings(
         identity=args.identity or socket.gethostname().split(".")[0],
         policy=Path(args.policy) if args.policy else None,
         log_level=args.log_level,
+        max_clock_skew_s=positive(args.max_clock_skew, "--max-clock-skew"),
+        feed_refresh_s=positive(args.feed_refresh, "--feed-refresh"),
     )

@@ -50,6 +50,8 @@ class Kind(StrEnum):
     STATE = "state"
     EVENTS = "events"
     VERDICT = "verdict"
+    # coordinator -> agent: the events it has ingested (the agent keeps each one until then)
+    ACK = "ack"
 
 
 def valid_name(name: str) -> bool:
@@ -234,6 +236,25 @@ class EventMessage(_Message, frozen=True, kw_only=True):
     observed_ts: float | None = None  # when the fault was seen
 
 
+class EventRef(_Struct, frozen=True, kw_only=False):
+    """Just the id of an encoded event (the agent reads it back from its spool)."""
+
+    event_id: str
+
+
+class AckMessage(_Struct, frozen=True, kw_only=True):
+    """The coordinator has ingested these events of ``node`` (or had them already): the
+    agent may forget them. Not retained; an agent that misses one resends, and is acked
+    again."""
+
+    schema: Literal["gpuwarden/v1"] = SCHEMA
+    type: Literal["ack"] = "ack"
+    cluster: Name
+    node: Name
+    ts: float
+    event_ids: Annotated[list[Short], Meta(max_length=4096)]
+
+
 class NodeVerdictMessage(_Struct, frozen=True, kw_only=True):
     """The coordinator's decision on a node: the health feed for other tools."""
 
@@ -274,6 +295,8 @@ _DECODERS: dict[Kind, msgspec.json.Decoder[StatusMessage] | msgspec.json.Decoder
     Kind.EVENTS: msgspec.json.Decoder(EventMessage),
 }
 _ENCODER = msgspec.json.Encoder()
+_ACK_DECODER = msgspec.json.Decoder(AckMessage)
+_EVENT_REF_DECODER = msgspec.json.Decoder(EventRef)
 
 
 def encode(message: msgspec.Struct) -> bytes:
@@ -311,3 +334,23 @@ def decode(topic: str, payload: bytes | bytearray | str) -> AgentMessage:
     if msg.node != topic_node:
         raise WireError("node_mismatch", f"topic says {topic_node!r}, payload says {msg.node!r}")
     return msg
+
+
+def decode_ack(payload: bytes | bytearray | str) -> AckMessage:
+    """Validate an acknowledgement the agent received. Raises :class:`WireError`."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise WireError("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        return _ACK_DECODER.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise WireError("invalid", str(exc)[:300]) from None
+    except msgspec.DecodeError as exc:
+        raise WireError("bad_json", str(exc)[:200]) from None
+
+
+def event_id_of(payload: bytes) -> str | None:
+    """The ``event_id`` of an encoded event, or None when it has none."""
+    try:
+        return _EVENT_REF_DECODER.decode(payload).event_id
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None

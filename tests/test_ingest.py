@@ -37,6 +37,7 @@ from gpuwarden_common.wire import (
     node_topic,
 )
 from tests.brokers import Mosquitto
+from tests.mqtt_helpers import listening
 
 CLUSTER = "c1"
 WAIT_S = 10.0  # a bound for waits that normally end in milliseconds
@@ -225,18 +226,47 @@ def test_a_new_boot_on_one_kind_resets_the_others(gate: IngestGate) -> None:
     assert offer(gate, state(1, boot="boot-b")) == state(1, boot="boot-b")
 
 
-def test_a_message_from_a_boot_the_node_has_left_is_stale(gate: IngestGate) -> None:
-    offer(gate, state(7, boot="boot-a"))
-    offer(gate, state(0, boot="boot-b"))
-    assert rejection(gate, state(8, boot="boot-a")) == "stale"
+def test_a_message_a_replaced_boot_sent_before_the_switch_is_stale(gate: IngestGate) -> None:
+    offer(gate, state(7, boot="boot-a", ts=100.0))
+    offer(gate, state(0, boot="boot-b", ts=200.0))
+    assert rejection(gate, state(8, boot="boot-a", ts=150.0)) == "stale"
+
+
+def test_a_replaced_boot_still_talking_is_taken_back_and_reported_as_a_conflict(
+    gate: IngestGate, registry: CollectorRegistry
+) -> None:
+    offer(gate, state(7, boot="boot-a", ts=100.0))
+    offer(gate, state(0, boot="forged", ts=200.0))  # a forger announces a new boot
+
+    live = state(8, boot="boot-a", ts=210.0)
+
+    assert offer(gate, live) == live
+    assert [(c.live_boot, c.other_boot) for c in gate.take_conflicts()] == [("boot-a", "forged")]
+    assert metric(registry, "gpuwarden_ingest_boot_conflicts_total") == 1
+
+
+def test_a_status_stamped_far_in_the_future_is_refused_and_blocks_nothing(
+    gate: IngestGate,
+) -> None:
+    # a forged huge seq from the future would otherwise make every genuine report stale
+    assert rejection(gate, state(10**12, ts=1000.0 + 3600), now=1000.0) == "clock_skew"
+    genuine = state(9, ts=1000.0)
+    assert offer(gate, genuine, now=1000.0) == genuine
+
+
+def test_an_event_is_never_refused_for_its_sequence(gate: IngestGate) -> None:
+    offer(gate, event(9, "e-9"))
+    resent = event(3, "e-3")  # kept by the agent until acknowledged, sent again later
+
+    assert offer(gate, resent) == resent
 
 
 def test_an_agent_restart_within_a_boot_starts_over_when_its_clock_moved_on(
     gate: IngestGate,
 ) -> None:
-    offer(gate, state(500, ts=1000.0))
+    offer(gate, state(500, ts=1000.0), now=2000.0)
     restarted = state(0, ts=2000.0)
-    assert offer(gate, restarted) == restarted
+    assert offer(gate, restarted, now=2000.0) == restarted
 
 
 def test_a_repeated_event_id_is_duplicate(gate: IngestGate) -> None:
@@ -265,11 +295,12 @@ def test_the_dedupe_window_keeps_at_most_dedupe_max_ids(registry: CollectorRegis
 
 
 def test_a_rejected_event_does_not_enter_the_dedupe_window(gate: IngestGate) -> None:
-    offer(gate, event(5, "e-1"))
-    assert rejection(gate, event(4, "e-2")) == "stale"
-    assert rejection(gate, event(6, "e-1")) == "duplicate"
-    late = event(7, "e-2")
-    assert offer(gate, late) == late
+    offer(gate, state(1, boot="boot-a", ts=100.0))
+    offer(gate, state(1, boot="boot-b", ts=200.0))
+    old_boot = event(5, "e-2", boot="boot-a")  # stamped 105: before boot-b, history
+    assert rejection(gate, old_boot) == "stale"
+    again = event(6, "e-2", boot="boot-b")
+    assert offer(gate, again) == again
 
 
 def test_the_least_recently_heard_node_is_forgotten_past_max_nodes(
@@ -451,7 +482,12 @@ class RecordingSink:
 
 @contextlib.asynccontextmanager
 async def ingesting(
-    port: int, sink: RecordingSink, registry: CollectorRegistry, gate: IngestGate | None = None
+    port: int,
+    sink: RecordingSink,
+    registry: CollectorRegistry,
+    gate: IngestGate | None = None,
+    *,
+    should_ack: Callable[[], bool] = lambda: True,
 ) -> AsyncIterator[Ingestor]:
     broker = BrokerSettings.from_url(f"mqtt://127.0.0.1:{port}")
     ingestor = Ingestor(
@@ -461,6 +497,7 @@ async def ingesting(
         gate or IngestGate(CLUSTER, registry),
         reconnect_min_s=0.05,
         reconnect_max_s=0.2,
+        should_ack=should_ack,
     )
     task = asyncio.create_task(ingestor.run(), name="ingestor")
     try:
@@ -636,3 +673,76 @@ async def test_a_retained_publish_made_while_disconnected_goes_out_on_reconnect(
             async with asyncio.timeout(WAIT_S):
                 message = await anext(aiter(client.messages))
     assert message.payload == b'{"v": 2}'
+
+
+# --- acknowledgements ---------------------------------------------------------------------------
+
+ACKS = f"gpuwarden/v1/{CLUSTER}/nodes/+/ack"
+
+
+@pytest.mark.broker
+async def test_an_ingested_event_is_acknowledged_on_its_nodes_ack_topic(
+    mosquitto: Mosquitto, registry: CollectorRegistry
+) -> None:
+    sink = RecordingSink()
+    async with (
+        ingesting(mosquitto.port, sink, registry),
+        listening(mosquitto.port, ACKS) as acks,
+        agent(mosquitto.port) as client,
+    ):
+        await send(client, event(1, "e-1"))
+        heard = await acks.wait_for(lambda m: m)
+    assert heard[0].topic == f"gpuwarden/v1/{CLUSTER}/nodes/{NODE}/ack"
+    assert heard[0].json()["event_ids"] == ["e-1"]
+    assert not heard[0].retain
+
+
+@pytest.mark.broker
+async def test_a_resent_event_is_acknowledged_again_but_ingested_once(
+    mosquitto: Mosquitto, registry: CollectorRegistry
+) -> None:
+    sink = RecordingSink()
+    async with (
+        ingesting(mosquitto.port, sink, registry),
+        listening(mosquitto.port, ACKS) as acks,
+        agent(mosquitto.port) as client,
+    ):
+        await send(client, event(1, "e-1"))
+        await send(client, event(1, "e-1"))  # the first ack was lost: the agent resends
+        heard = await acks.wait_for(lambda m: sum(len(x.json()["event_ids"]) for x in m) >= 2)
+    assert [m.event_id for m in sink.received if isinstance(m, EventMessage)] == ["e-1"]
+    assert [i for x in heard for i in x.json()["event_ids"]] == ["e-1", "e-1"]
+
+
+@pytest.mark.broker
+async def test_a_standby_coordinator_acknowledges_nothing(
+    mosquitto: Mosquitto, registry: CollectorRegistry
+) -> None:
+    sink = RecordingSink()
+    async with (
+        ingesting(mosquitto.port, sink, registry, should_ack=lambda: False),
+        listening(mosquitto.port, ACKS) as acks,
+        agent(mosquitto.port) as client,
+    ):
+        await send(client, event(1, "e-1"))
+        await sink.wait_for(1)
+        await asyncio.sleep(0.3)
+    assert acks.messages == []
+
+
+@pytest.mark.broker
+async def test_an_event_the_model_choked_on_is_not_acknowledged(
+    mosquitto: Mosquitto, registry: CollectorRegistry
+) -> None:
+    sink = RecordingSink(fail_on=lambda m: isinstance(m, EventMessage))
+    with structlog.testing.capture_logs():
+        async with (
+            ingesting(mosquitto.port, sink, registry) as ingestor,
+            listening(mosquitto.port, ACKS) as acks,
+            agent(mosquitto.port) as client,
+        ):
+            await send(client, event(1, "e-1"))
+            await eventually(lambda: ingestor.stats().internal_errors == 1)
+            await asyncio.sleep(0.3)
+    assert acks.messages == []
+

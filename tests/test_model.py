@@ -85,13 +85,14 @@ def event(
     kind: EventKind = EventKind.XID,
     severity: Severity = Severity.CRITICAL,
     action: Action = Action.REBOOT,
+    ts: float = 1.0,
 ) -> EventMessage:
     return EventMessage(
         cluster="c1",
         node="gpu-1",
         seq=9,
         boot_id=boot_id,
-        ts=1.0,
+        ts=ts,
         kind=kind,
         code="XID-79",
         xid=79,
@@ -262,6 +263,19 @@ def test_fault_event_from_another_boot_leaves_the_node_health_alone() -> None:
     record = model.node("gpu-1")
     assert record is not None
     assert record.health is Health.HEALTHY
+
+
+def test_an_event_older_than_the_latest_report_leaves_the_node_health_alone() -> None:
+    # a resend the agent kept until it was acknowledged: the report already says what it meant
+    model = ClusterModel()
+    model.apply_state(state(), now=100.0)  # stamped 1.0 by the agent
+
+    model.apply_event(event(ts=0.5), now=101.0)
+
+    record = model.node("gpu-1")
+    assert record is not None
+    assert record.health is Health.HEALTHY
+    assert record.last_event is not None  # still recorded as what happened
 
 
 def test_a_weaker_event_action_never_weakens_the_node_action() -> None:
