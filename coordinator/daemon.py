@@ -20,8 +20,10 @@ from coordinator.actuators import Actuator
 from coordinator.alerts import Alert, AlertSender
 from coordinator.api import Json, UnknownNode
 from coordinator.audit import AuditLog
+from coordinator.broker_probe import accepts_anonymous
 from coordinator.feed import HealthFeed, verdict_of
 from coordinator.ingest import BootConflict, IngestGate, Ingestor
+from coordinator.inventory import NodeInventory
 from coordinator.lifecycle import FAULT_STATES, LifecycleConfig, Transition
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import ClusterModel, NodeRecord
@@ -108,6 +110,7 @@ class Coordinator:
             on_node_changed=self._node_changed,
             clock=clock,
         )
+        self.inventory = NodeInventory(actuator.list_nodes, self._members_changed)
         self.feed = HealthFeed(
             settings.cluster, self.model, self.ingestor.publish_retained, self.cluster_health,
             self.registry, is_acting=lambda: self._acting, on_round=self._feed_round,
@@ -121,6 +124,7 @@ class Coordinator:
             self.remediator.poke(msg.node)
 
     def on_state(self, msg: StateMessage) -> None:
+        self.inventory.unknown(msg.node)  # a node the cluster's list does not name: read again
         record = self.model.node(msg.node)
         before = None if record is None else _verdict_key(record)
         if self.model.apply_state(msg, self.clock()):
@@ -165,7 +169,8 @@ class Coordinator:
         cap = self.model.capacity()
         pause = self.remediator.gate.paused
         return ClusterHealthMessage(
-            cluster=self.settings.cluster, ts=self.clock(), nodes_total=len(self.model),
+            cluster=self.settings.cluster, ts=self.clock(),
+            nodes_total=self.model.counted_total(),
             nodes_by_lifecycle={k.value: v for k, v in cap.nodes_by_lifecycle.items()},
             gpus_total=cap.cluster.total, gpus_healthy=cap.cluster.healthy,
             gpus_unhealthy=cap.cluster.unhealthy,
@@ -174,8 +179,15 @@ class Coordinator:
             paused_reason=pause.message if pause is not None else "",
         )
 
+    def _members_changed(self, members: frozenset[str] | None) -> None:
+        self.model.members = members
+        log.info("cluster node list read", nodes=None if members is None else len(members))
+
     def _feed_round(self) -> None:
-        """Every feed round (5 s): capacity metrics, and governance's view of capacity."""
+        """Every feed round (5 s): forget silent strangers, capacity metrics, and
+        governance's view of capacity."""
+        for name in self.model.sweep_strangers(self.clock(), self.settings.offline_grace_s):
+            self.gate.forget_node(name)
         self.metrics.observe_capacity(self.model.capacity())
         if self.governance is not None and self._acting:
             # nodes that join healthy make no transition: capacity flows from here too
@@ -224,8 +236,30 @@ class Coordinator:
             tg.create_task(self._follow_leadership(), name="leadership")
             tg.create_task(self.remediator.run(), name="remediation")
             tg.create_task(self.feed.run(), name="feed")
+            tg.create_task(self.inventory.run(), name="inventory")
+            tg.create_task(self._probe_broker(), name="broker-probe")
             if self.governance is not None:
                 tg.create_task(self._govern(), name="governance")
+
+    async def _probe_broker(self) -> None:
+        await self.ingestor.wait_connected()
+        anonymous = await accepts_anonymous(self.settings.broker)
+        if anonymous is None:
+            return
+        self.metrics.broker_anonymous.set(1 if anonymous else 0)
+        if anonymous:
+            log.error(
+                "the broker accepts clients without credentials: anyone who can reach it can "
+                "forge node state, acknowledgements and verdicts; give agents client "
+                "certificates and the ACL (deploy/kubernetes/mosquitto/, docs/operations.md)",
+                broker=self.settings.broker.display,
+            )
+            self.alerts.send(Alert(
+                key="broker-anonymous", severity=Severity.WARNING,
+                summary="the MQTT broker accepts anonymous clients",
+                description=f"{self.settings.broker.display} let a client in with no "
+                "credentials: node state can be forged",
+            ))  # fmt: skip
 
     async def _govern(self) -> None:
         """Task governance acts only while this replica leads, on the model's capacity."""
@@ -245,7 +279,7 @@ class Coordinator:
         stats = self.ingestor.stats()
         return True, {
             "status": "ok", "leader": self._acting, "broker_connected": stats.connected,
-            "dry_run": self.settings.dry_run, "nodes": len(self.model),
+            "dry_run": self.settings.dry_run, "nodes": self.model.counted_total(),
             "uptime_s": round(self.clock() - self.started_at, 1),
         }
 
@@ -292,6 +326,9 @@ class Coordinator:
             "gpus_total": r.gpus_total, "gpus_healthy": r.gpus_healthy,
             "instance_type": r.instance_type, "agent": "online" if r.agent_online else "offline",
             "last_seen": r.last_seen, "boot_id": r.boot_id, "hold": r.hold,
+            # false: the cluster does not know it, or it never sent a full report; it is
+            # neither counted nor acted on
+            "member": self.model.counts(r),
         }
 
     def nodes(self) -> list[Json]:

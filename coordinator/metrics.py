@@ -35,6 +35,11 @@ class CoordinatorMetrics:
                             "1 while new remediation is paused by a safety rule", registry=r)
         self.leader = Gauge("gpuwarden_leader", "1 while this coordinator holds the lease",
                             registry=r)
+        self.broker_anonymous = Gauge(
+            "gpuwarden_broker_anonymous_access",
+            "1 when the broker let a client in with no credentials (anyone can forge node "
+            "state), 0 when it refused one",
+            registry=r)
         self.marks_pending = Gauge(
             "gpuwarden_marks_pending",
             "Nodes whose marks on the cluster are not yet what the coordinator decided",

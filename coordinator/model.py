@@ -16,6 +16,13 @@ Capacity puts every GPU in exactly one bucket, so the totals always add up:
 
 A ``suspect`` node is in service: its GPUs count by their last reported health, so a broker
 outage, which silences everyone at once, does not shrink capacity and set off preemption.
+
+Only *members* count: nodes that sent a full state report (or that the coordinator holds out
+of service) and that the cluster knows, when the back end keeps an inventory
+(``members``). Anyone can publish on a broker without an ACL: an invented node name must
+never add capacity, count toward the safety rules or be acted on, and strangers that fall
+silent are forgotten (:meth:`ClusterModel.sweep_strangers`), so they cannot grow state
+without bound.
 """
 
 from __future__ import annotations
@@ -204,6 +211,8 @@ class ClusterModel:
     grace)."""
 
     max_report_gap_s: float = 60.0
+    # the nodes the cluster knows (None: the back end keeps no inventory, or has not said yet)
+    members: frozenset[str] | None = None
     _nodes: dict[str, NodeRecord] = field(default_factory=dict, init=False, repr=False)
 
     # -- agent messages --------------------------------------------------------------
@@ -371,23 +380,49 @@ class ClusterModel:
     def __len__(self) -> int:
         return len(self._nodes)
 
+    def counts(self, record: NodeRecord) -> bool:
+        """A member: counted in capacity and the safety rules, and acted on."""
+        if self.members is not None and record.name not in self.members:
+            return False
+        return record.last_state_at > 0 or record.lifecycle in OUT_OF_SERVICE
+
+    def counted(self) -> Iterator[NodeRecord]:
+        return (r for r in self._nodes.values() if self.counts(r))
+
+    def counted_total(self) -> int:
+        """Members: the fleet size the safety rules take shares of."""
+        return sum(1 for _ in self.counted())
+
     def nodes_out(self) -> int:
         """Nodes out of service now: what ``--max-unhealthy`` counts."""
-        return sum(1 for r in self._nodes.values() if r.lifecycle in OUT_OF_SERVICE)
+        return sum(1 for r in self.counted() if r.lifecycle in OUT_OF_SERVICE)
 
     def silent_in_service(self, now: float, config: LifecycleConfig) -> int:
         """In-service nodes whose agent is silent: the safety gate's mass-silence input."""
         return sum(
             1
-            for r in self._nodes.values()
+            for r in self.counted()
             if r.lifecycle in IN_SERVICE and is_silent(r, now, config)
         )
+
+    def sweep_strangers(self, now: float, grace_s: float, keep: int = 10_000) -> list[str]:
+        """Forget non-members silent for longer than ``grace_s``, and the least recently heard
+        beyond ``keep`` of them; returns their names."""
+        strangers = [r for r in self._nodes.values()
+                     if not self.counts(r) and r.lifecycle in IN_SERVICE]  # fmt: skip
+        gone = [r.name for r in strangers if now - r.last_seen > grace_s]
+        alive = sorted((r for r in strangers if now - r.last_seen <= grace_s),
+                       key=lambda r: r.last_seen)  # fmt: skip
+        gone += [r.name for r in alive[: max(0, len(alive) - keep)]]
+        for name in gone:
+            del self._nodes[name]
+        return gone
 
     def capacity(self) -> Capacity:
         cluster = _Tally()
         by_type: dict[str, _Tally] = {}
         by_state = dict.fromkeys(Lifecycle, 0)
-        for record in self._nodes.values():
+        for record in self.counted():
             cluster.add(record)
             tally = by_type.get(record.instance_type)
             if tally is None:
@@ -403,7 +438,7 @@ class ClusterModel:
     def healthy_gpus_by_node(self) -> dict[str, int]:
         """Schedulable healthy GPUs per node (0 for a node out of service): what task
         governance may place work on."""
-        return {name: r.gpus_healthy for name, r in self._nodes.items()}
+        return {r.name: r.gpus_healthy for r in self.counted()}
 
     # -- internals -----------------------------------------------------------------
 

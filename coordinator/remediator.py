@@ -111,7 +111,7 @@ class Remediator:
         while True:
             now = self._clock()
             if now >= next_tick:
-                self._dirty.update(r.name for r in self.model.nodes())
+                self._dirty.update(r.name for r in self.model.counted())
                 next_tick = now + self.config.tick_s
                 self._review_pause(now)
             if self._is_leader():
@@ -135,8 +135,8 @@ class Remediator:
 
     async def evaluate(self, name: str) -> Transition | None:
         record = self.model.node(name)
-        if record is None:
-            return None
+        if record is None or not self.model.counts(record):
+            return None  # a stranger: an invented name, or a node the cluster does not know
         now = self._clock()
         facts = self._facts.get(name)
         if record.lifecycle is Lifecycle.SUSPECT and is_silent(record, now, self.config.lifecycle):
@@ -162,7 +162,7 @@ class Remediator:
             self._apply(transition, record, now)
             return transition
         verdict = self.gate.admit(
-            transition, self.model.nodes_out(), len(self.model), now,
+            transition, self.model.nodes_out(), self.model.counted_total(), now,
             silent_nodes=self.model.silent_in_service(now, self.config.lifecycle),
         )
         if isinstance(verdict, Deny):
@@ -302,7 +302,7 @@ class Remediator:
 
     def _review_pause(self, now: float) -> None:
         ended = self.gate.review(
-            self.model.nodes_out(), len(self.model), now,
+            self.model.nodes_out(), self.model.counted_total(), now,
             silent_nodes=self.model.silent_in_service(now, self.config.lifecycle),
         )
         if ended is None:

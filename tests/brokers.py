@@ -6,6 +6,7 @@ Mosquitto is installed by the README's test command (apt) and found on PATH or /
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -75,6 +76,9 @@ class Mosquitto:
             "log_type error",
             "log_type warning",
             "max_queued_messages 100000",
+            # as root, mosquitto drops to its own user, which cannot read pytest's private
+            # temporary directories (the password file, the log)
+            *(["user root"] if os.geteuid() == 0 else []),
         ]
         if self.passwords:
             pw = self.workdir / "passwd"

@@ -827,6 +827,7 @@ async def test_a_node_writes_its_own_topics_and_nothing_else(pki: Path, broker_p
     forbidden = [
         node_topic(cluster, "node-b", Kind.STATE),  # another node's topic
         node_topic(cluster, "node-a", Kind.VERDICT),  # the coordinator's word on it
+        node_topic(cluster, "node-a", Kind.ACK),  # it cannot acknowledge its own events
         cluster_health_topic(cluster),
     ]
     async with (
@@ -844,9 +845,13 @@ async def test_a_node_writes_its_own_topics_and_nothing_else(pki: Path, broker_p
 
 
 @pytest.mark.broker
-async def test_a_node_reads_nothing_not_even_its_own_verdict(pki: Path, broker_port: int) -> None:
+async def test_a_node_reads_its_own_acknowledgements_and_nothing_else(
+    pki: Path, broker_port: int
+) -> None:
     verdict = node_topic("default", "node-a", Kind.VERDICT)
     other_state = node_topic("default", "node-b", Kind.STATE)
+    other_ack = node_topic("default", "node-b", Kind.ACK)
+    own_ack = node_topic("default", "node-a", Kind.ACK)
     async with (
         connected(pki, broker_port, "gpuwarden-coordinator") as coordinator,
         connected(pki, broker_port, "node-a") as node_a,
@@ -855,24 +860,27 @@ async def test_a_node_reads_nothing_not_even_its_own_verdict(pki: Path, broker_p
         await node_a.subscribe("gpuwarden/v1/#", qos=1)
         await coordinator.subscribe("gpuwarden/v1/#", qos=1)
         await coordinator.publish(verdict, b"{}", qos=1)
+        await coordinator.publish(other_ack, b"{}", qos=1)
         await node_b.publish(other_state, b"{}", qos=1)
         await received_until(coordinator, other_state)
-        # a round trip after both were routed: anything sent to node-a is queued before it
-        await node_a.publish(node_topic("default", "node-a", Kind.STATUS), b"{}", qos=1)
-        assert len(node_a.messages) == 0
+        await coordinator.publish(own_ack, b"{}", qos=1)
+        # one connection's messages arrive in order: the forbidden ones would precede this
+        assert await received_until(node_a, own_ack) == [own_ack]
 
 
 @pytest.mark.broker
-async def test_the_coordinator_reads_all_and_writes_verdicts_and_cluster_health(
+async def test_the_coordinator_reads_all_and_writes_verdicts_acks_and_cluster_health(
     pki: Path, broker_port: int
 ) -> None:
     verdict = node_topic("default", "node-a", Kind.VERDICT)
+    ack = node_topic("default", "node-a", Kind.ACK)
     health = cluster_health_topic("default")
     async with connected(pki, broker_port, "gpuwarden-coordinator") as coordinator:
         await coordinator.subscribe("gpuwarden/v1/#", qos=1)
         await coordinator.publish(verdict, b"{}", qos=1)
+        await coordinator.publish(ack, b"{}", qos=1)
         await coordinator.publish(health, b"{}", qos=1)
-        assert await received_until(coordinator, health) == [verdict, health]
+        assert await received_until(coordinator, health) == [verdict, ack, health]
 
 
 @pytest.mark.broker
