@@ -160,11 +160,13 @@ async def test_a_node_that_reboots_healthy_goes_through_recovering_back_to_servi
             lambda state: state == "healthy",
             what="gpu-1 healthy again",
         )
-        node = await _node_when(kube, "gpu-1", "Schedulable")
+        await _node_when(kube, "gpu-1", "Schedulable")
         await eventually(
             lambda: asyncio.to_thread(_events_for, kube, "gpu-1", "NodeRecovered"),
             what="a NodeRecovered event for gpu-1",
         )
+        # the Event is the recovery's last write: the node is whole now
+        node = await asyncio.to_thread(kube.node, "gpu-1")
         audit = await coordinator.api.audit("gpu-1")
 
     targets = [e["action"] for e in audit if e["kind"] == "decision"]
