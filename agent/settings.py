@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpuwarden_common.broker import BrokerSettings, BrokerUrlError
-from gpuwarden_common.flags import HttpAddress, SettingsError, positive, read_secret
+from gpuwarden_common.flags import (
+    BOOLEAN_SPELLINGS,
+    HttpAddress,
+    SettingsError,
+    bool_setting,
+    positive,
+    read_secret,
+)
 from gpuwarden_common.wire import valid_name
 
 
@@ -107,9 +114,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--disk-path", default=e("DISK_PATH", "/"))
     p.add_argument(
         "--once",
-        action="store_true",
-        default=e("ONCE", "") in {"1", "true"},
-        help="collect once, print the state JSON, exit",
+        action=argparse.BooleanOptionalAction,
+        default=e("ONCE"),
+        help=f"collect once, print the state JSON, exit (twin: {BOOLEAN_SPELLINGS})",
     )
     p.add_argument(
         "--log-level", default=e("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"]
@@ -166,6 +173,6 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> AgentSettings
         ),
         instance_type=args.instance_type,
         disk_path=args.disk_path,
-        once=bool(args.once),
+        once=bool_setting(args.once, "GPUWARDEN_ONCE"),
         log_level=args.log_level,
     )

@@ -153,7 +153,7 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
         tasks.append(asyncio.create_task(policy_watch.run(), name="policy-watch"))
     election = (
         None if elector is None
-        else asyncio.create_task(elector.run(), name="leader-election")
+        else asyncio.create_task(_elect(elector), name="leader-election")
     )
     sdnotify.ready()
     watchdog = asyncio.create_task(sdnotify.run_watchdog(lambda: True), name="sd-watchdog")
@@ -186,6 +186,16 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
         audit.record(AuditEntry(kind=AuditKind.SYSTEM, actor=settings.identity, action="stop",
                                 reason="coordinator stopped"))
         audit.close()
+
+
+async def _elect(elector: Any) -> None:
+    """Run the election; a cluster configuration no retry can fix stops the daemon (exit 2)."""
+    from coordinator.kube import KubeConfigError  # noqa: PLC0415
+
+    try:
+        await elector.run()
+    except KubeConfigError as exc:
+        raise StartupError(str(exc)) from None
 
 
 async def _amain(settings: CoordinatorSettings) -> int:

@@ -134,6 +134,10 @@ class KubeConfigError(Exception):
     """No usable cluster configuration for the requested ``--kube`` mode."""
 
 
+class LeaseNamespaceMissingError(KubeConfigError):
+    """The Lease's namespace does not exist: no replica can ever lead, so waiting is useless."""
+
+
 class KubeUnavailableError(Exception):
     """The API server did not answer (5xx, timeouts, connection errors) within the deadline."""
 
@@ -945,6 +949,17 @@ class LeaderElector:
         except Exception as exc:
             if _status(exc) == 409:
                 return _Attempt.HELD_BY_OTHER  # another candidate created it first
+            if _status(exc) == 404:
+                # creating in a namespace that does not exist: say so once, at error level,
+                # and stop, rather than retry every few seconds and never act
+                namespace = self.settings.namespace
+                message = (
+                    f'the Lease namespace "{namespace}" does not exist: create it '
+                    f"(kubectl create namespace {namespace}) or pass --lease-namespace "
+                    "(GPUWARDEN_LEASE_NAMESPACE) naming one that does"
+                )
+                log.error("kube.lease_namespace_missing", namespace=namespace, error=message)
+                raise LeaseNamespaceMissingError(message) from exc
             if not _survivable(exc):
                 raise
             log.info("kube.lease_create_failed", error=describe(exc))

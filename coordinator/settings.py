@@ -10,7 +10,14 @@ from pathlib import Path
 
 from coordinator.safety import MaxUnhealthy
 from gpuwarden_common.broker import BrokerSettings, BrokerUrlError
-from gpuwarden_common.flags import HttpAddress, SettingsError, positive, read_secret
+from gpuwarden_common.flags import (
+    BOOLEAN_SPELLINGS,
+    HttpAddress,
+    SettingsError,
+    bool_setting,
+    positive,
+    read_secret,
+)
 from gpuwarden_common.wire import valid_name
 
 __all__ = ["CoordinatorSettings", "SettingsError", "parse_settings"]
@@ -50,49 +57,81 @@ def build_parser(
         description="gpuwarden coordinator: fleet health, recovery of broken instances, task "
         "governance. Every flag has a GPUWARDEN_<FLAG> environment twin.",
     )
-    p.add_argument("--broker", default=e("BROKER", "mqtt://localhost:1883"))
-    p.add_argument("--username", default=e("USERNAME"))
-    p.add_argument("--password", default=e("PASSWORD"))
-    p.add_argument("--password-file", default=e("PASSWORD_FILE"))
-    p.add_argument("--tls-ca", default=e("TLS_CA"))
-    p.add_argument("--tls-cert", default=e("TLS_CERT"))
-    p.add_argument("--tls-key", default=e("TLS_KEY"))
-    p.add_argument("--cluster", default=e("CLUSTER", "default"))
+    p.add_argument("--broker", default=e("BROKER", "mqtt://localhost:1883"),
+                   help="mqtt://HOST:PORT, or mqtts:// for TLS (default mqtt://localhost:1883)")
+    p.add_argument("--username", default=e("USERNAME"),
+                   help="broker user name (default: none)")
+    p.add_argument("--password", default=e("PASSWORD"),
+                   help="broker password; prefer --password-file or GPUWARDEN_PASSWORD "
+                   "(default: none)")
+    p.add_argument("--password-file", default=e("PASSWORD_FILE"),
+                   help="file holding the broker password (default: none)")
+    p.add_argument("--tls-ca", default=e("TLS_CA"),
+                   help="CA bundle for the broker's certificate; implies TLS (default: the "
+                   "system's)")
+    p.add_argument("--tls-cert", default=e("TLS_CERT"),
+                   help="client certificate, CN gpuwarden-coordinator for the shipped ACL; "
+                   "with --tls-key (default: none)")
+    p.add_argument("--tls-key", default=e("TLS_KEY"),
+                   help="the client certificate's key (default: none)")
+    p.add_argument("--cluster", default=e("CLUSTER", "default"),
+                   help="cluster name in the MQTT topics (default default)")
     p.add_argument("--kube", default=e("KUBE", "off"),
-                   help="auto | in-cluster | kubeconfig:PATH | off (default %(default)s: "
-                   "the local actuator, for clusters without Kubernetes)")
+                   help="auto | in-cluster | kubeconfig:PATH | off; off uses the local "
+                   "actuator, for clusters without Kubernetes (default off)")
     p.add_argument("--state", default=e("STATE", "/var/lib/gpuwarden"),
-                   help="directory for the audit log and local state (default %(default)s)")
+                   help="directory for the audit log and local state "
+                   "(default /var/lib/gpuwarden)")
     p.add_argument("--http", default=e("HTTP", "127.0.0.1:8080"),
-                   help="HOST:PORT for the API, dashboard and /metrics, or off")
-    p.add_argument("--dry-run", action="store_true",
-                   default=e("DRY_RUN", "") in {"1", "true"},
-                   help="decide and audit, but change nothing on any machine")
+                   help="HOST:PORT for the API, dashboard and /metrics, or off "
+                   "(default 127.0.0.1:8080)")
+    p.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=e("DRY_RUN"),
+                   help="decide and audit, but change nothing on any machine; the twin takes "
+                   f"{BOOLEAN_SPELLINGS} (default: off)")
     p.add_argument("--max-unhealthy", default=e("MAX_UNHEALTHY", "10%"),
-                   help="most nodes out at once, as a count or a percent (default %(default)s)")
+                   help="most nodes out of service at once, a count ('3') or a percent of "
+                   "the fleet ('10%%'); a percent rounds down but never below 1 node, so one "
+                   "broken node can always be taken out ('0' forbids any) (default 10%%)")
     p.add_argument("--max-remediations-per-minute",
-                   default=e("MAX_REMEDIATIONS_PER_MINUTE", "10"))
+                   default=e("MAX_REMEDIATIONS_PER_MINUTE", "10"),
+                   help="rate limit on new removals from service (default 10)")
     p.add_argument("--offline-grace", default=e("OFFLINE_GRACE", "60"),
-                   help="seconds of agent silence before a node is suspect")
+                   help="seconds of agent silence before a node is suspect (default 60)")
     p.add_argument("--recovery-stable", default=e("RECOVERY_STABLE", "300"),
-                   help="seconds of healthy reports on a new boot before a node returns")
-    p.add_argument("--embedded-broker", action="store_true",
-                   default=e("EMBEDDED_BROKER", "") in {"1", "true"},
-                   help="run an MQTT broker in-process on the --broker URL's port")
+                   help="seconds of healthy reports on a new boot before a node returns "
+                   "(default 300)")
+    p.add_argument("--embedded-broker", action=argparse.BooleanOptionalAction,
+                   default=e("EMBEDDED_BROKER"),
+                   help="run an MQTT broker in-process on the --broker URL's port "
+                   "(default: off)")
     p.add_argument("--api-token-file", default=e("API_TOKEN_FILE"),
-                   help="bearer token for POST /api/v1/nodes/*/clear|hold (off without it)")
-    p.add_argument("--alert-webhook", default=e("ALERT_WEBHOOK"))
+                   help="bearer token for POST /api/v1/nodes/*/clear|hold; without it they "
+                   "answer 403 (default: none)")
+    p.add_argument("--alert-webhook", default=e("ALERT_WEBHOOK"),
+                   help="URL that receives JSON alerts (default: none, alerts are only "
+                   "logged)")
     p.add_argument("--alert-shape", default=e("ALERT_SHAPE", "auto"),
-                   choices=["auto", "slack", "alertmanager"])
-    p.add_argument("--lease-name", default=e("LEASE_NAME", "gpuwarden-coordinator"))
+                   choices=["auto", "slack", "alertmanager"],
+                   help="alert body: slack, alertmanager, or auto (Alertmanager when the URL "
+                   "ends in /api/v2/alerts) (default auto)")
+    p.add_argument("--lease-name", default=e("LEASE_NAME", "gpuwarden-coordinator"),
+                   help="the coordination.k8s.io Lease replicas elect a leader with "
+                   "(default gpuwarden-coordinator)")
     p.add_argument("--lease-namespace",
-                   default=e("LEASE_NAMESPACE", env.get("POD_NAMESPACE", "gpuwarden")))
+                   default=e("LEASE_NAMESPACE", env.get("POD_NAMESPACE", "gpuwarden")),
+                   help="the Lease's namespace; it must exist (default $POD_NAMESPACE, else "
+                   "gpuwarden)")
     p.add_argument("--identity", default=e("IDENTITY", env.get("POD_NAME")),
-                   help="this replica's name in the lease (default $POD_NAME, else host name)")
+                   help="this replica's name in the lease (default $POD_NAME, else the host "
+                   "name)")
     p.add_argument("--policy", default=e("POLICY"),
-                   help="governance policy YAML (teams, quotas, priority classes)")
+                   help="governance policy YAML (teams, quotas, priority classes), enforced "
+                   "on Kubernetes pods with --kube, reloaded live when the file changes "
+                   "(default: none)")
     p.add_argument("--log-level", default=e("LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"])
+                   choices=["debug", "info", "warning", "error"],
+                   help="debug | info | warning | error; JSON when not on a terminal "
+                   "(default info)")
     return p
 
 
@@ -127,7 +166,7 @@ def parse_settings(
         kube=args.kube,
         state_dir=Path(args.state),
         http=HttpAddress.parse(args.http),
-        dry_run=bool(args.dry_run),
+        dry_run=bool_setting(args.dry_run, "GPUWARDEN_DRY_RUN"),
         max_unhealthy=args.max_unhealthy,
         max_remediations_per_minute=int(
             positive(args.max_remediations_per_minute, "--max-remediations-per-minute",
@@ -135,7 +174,7 @@ def parse_settings(
         ),
         offline_grace_s=positive(args.offline_grace, "--offline-grace"),
         recovery_stable_s=positive(args.recovery_stable, "--recovery-stable"),
-        embedded_broker=bool(args.embedded_broker),
+        embedded_broker=bool_setting(args.embedded_broker, "GPUWARDEN_EMBEDDED_BROKER"),
         api_token=(
             read_secret(args.api_token_file, "--api-token-file") if args.api_token_file
             else None

@@ -486,6 +486,7 @@ class FakeKube:
         self._faults: list[_Fault] = []
         self._budgets: list[_DisruptionBudget] = []
         self._requests: list[RecordedRequest] = []
+        self._missing_namespaces: set[str] = set()
         self.url = ""
 
     # lifecycle ---------------------------------------------------------------------------------
@@ -648,6 +649,11 @@ class FakeKube:
     def remove_pod(self, namespace: str, name: str) -> None:
         """The pod is gone for good (its kubelet finished terminating it)."""
         self._call(lambda: self.store.delete("pods", namespace, name))
+
+    def remove_namespace(self, namespace: str) -> None:
+        """Every namespace exists unless removed: creating a lease in a removed one answers 404
+        as the API server does."""
+        self._call(lambda: self._missing_namespaces.add(namespace))
 
     def forget_history(self) -> None:
         """Compact the watch history: resuming from any earlier version now answers 410."""
@@ -830,7 +836,10 @@ class FakeKube:
 
     async def _create_lease(self, request: web.Request) -> web.StreamResponse:
         lease = await _body_object(request)
-        return _json(self.store.create("leases", request.match_info["ns"], lease), 201)
+        namespace = request.match_info["ns"]
+        if namespace in self._missing_namespaces:
+            raise ApiError(404, f'namespaces "{namespace}" not found')
+        return _json(self.store.create("leases", namespace, lease), 201)
 
     async def _get_lease(self, request: web.Request) -> web.StreamResponse:
         ns, name = request.match_info["ns"], request.match_info["name"]
