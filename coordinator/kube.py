@@ -95,6 +95,13 @@ API_CALLS_USED: Final[frozenset[tuple[str, str]]] = frozenset(
         ("patch", "pods"),
         ("delete", "pods"),
         ("create", "pods/eviction"),
+        # the gpuwarden signer (coordinator/kube_csr.py)
+        ("list", "certificatesigningrequests"),
+        ("update", "certificatesigningrequests/approval"),
+        ("update", "certificatesigningrequests/status"),
+        # the admission webhook's caBundle (coordinator/kube_webhook.py)
+        ("get", "mutatingwebhookconfigurations"),
+        ("patch", "mutatingwebhookconfigurations"),
     }
 )
 # The API group of each resource above, for the ClusterRole's apiGroups.
@@ -105,6 +112,10 @@ API_GROUP_OF: Final[Mapping[str, str]] = {
     "leases": "coordination.k8s.io",
     "pods": "",
     "pods/eviction": "",
+    "certificatesigningrequests": "certificates.k8s.io",
+    "certificatesigningrequests/approval": "certificates.k8s.io",
+    "certificatesigningrequests/status": "certificates.k8s.io",
+    "mutatingwebhookconfigurations": "admissionregistration.k8s.io",
 }
 
 _STRATEGIC_MERGE: Final = "application/strategic-merge-patch+json"
