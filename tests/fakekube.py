@@ -473,6 +473,7 @@ class _Store:
 _CORE = "/api/v1"
 _LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 _CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+_WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 
 class FakeKube:
@@ -673,6 +674,18 @@ class FakeKube:
             lambda: copy.deepcopy(self.store.list("certificatesigningrequests", None, None))
         )
 
+    def add_webhook_configuration(self, configuration: JsonDict) -> JsonDict:
+        """A MutatingWebhookConfiguration (cluster-scoped), as ``kubectl apply`` left it."""
+        obj = copy.deepcopy(configuration)
+        return self._call(
+            lambda: copy.deepcopy(self.store.create("mutatingwebhookconfigurations", "", obj))
+        )
+
+    def webhook_configuration(self, name: str) -> JsonDict:
+        return self._call(
+            lambda: copy.deepcopy(self.store.get("mutatingwebhookconfigurations", "", name))
+        )
+
     def remove_node(self, name: str) -> None:
         self._call(lambda: self.store.delete("nodes", "", name))
 
@@ -809,6 +822,8 @@ class FakeKube:
         app.router.add_patch(pods + "/{name}", self._patch_pod)
         app.router.add_delete(pods + "/{name}", self._delete_pod)
         app.router.add_post(pods + "/{name}/eviction", self._evict_pod)
+        app.router.add_get(_WEBHOOKS + "/{name}", self._get_webhook_configuration)
+        app.router.add_patch(_WEBHOOKS + "/{name}", self._patch_webhook_configuration)
         app.router.add_post(_CSRS, self._create_csr)
         app.router.add_get(_CSRS, self._list_csrs)
         app.router.add_get(_CSRS + "/{name}", self._get_csr)
@@ -880,6 +895,18 @@ class FakeKube:
         ns, name = request.match_info["ns"], request.match_info["name"]
         lease = await _body_object(request)
         return _json(self.store.replace("leases", ns, name, lease))
+
+    # admission webhook configurations
+
+    async def _get_webhook_configuration(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        return _json(self.store.get("mutatingwebhookconfigurations", "", name))
+
+    async def _patch_webhook_configuration(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        old = self.store.get("mutatingwebhookconfigurations", "", name)
+        patched = apply_patch(old, request.content_type, json.loads(await request.read()))
+        return _json(self.store.replace("mutatingwebhookconfigurations", "", name, patched))
 
     # certificate signing requests (cluster-scoped; requester from the bearer token)
 
