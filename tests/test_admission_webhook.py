@@ -13,7 +13,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from coordinator.governance.policy import Policy, parse_policy
 from coordinator.pki import CertificateAuthority, issue_key_and_certificate
