@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from coordinator.pki import lifetime
 from coordinator.safety import MaxUnhealthy
 from gpuwarden_common.broker import BrokerSettings, BrokerUrlError
 from gpuwarden_common.flags import (
@@ -44,6 +45,14 @@ class CoordinatorSettings:
     identity: str
     policy: Path | None
     log_level: str
+    # node identity and admission (docs: deploy/kubernetes/README.md)
+    ca_cert: Path | None = None
+    ca_key: Path | None = None
+    node_cert_lifetime_s: float = 24 * 3600.0
+    agent_service_account: tuple[str, str] = ("gpuwarden", "gpuwarden-agent")
+    webhook: HttpAddress | None = None
+    webhook_names: tuple[str, ...] = ()
+    webhook_configuration: str = "gpuwarden"
 
 
 def build_parser(
@@ -128,6 +137,34 @@ def build_parser(
                    help="governance policy YAML (teams, quotas, priority classes), enforced "
                    "on Kubernetes pods with --kube, reloaded live when the file changes "
                    "(default: none)")
+    p.add_argument("--ca-cert", default=e("CA_CERT"),
+                   help="the gpuwarden CA certificate (PEM): with --ca-key and --kube it signs "
+                   "agents' broker certificates (CSR signer gpuwarden.io/mqtt-client), and it "
+                   "issues this coordinator's own broker and webhook certificates "
+                   "(default: none)")
+    p.add_argument("--ca-key", default=e("CA_KEY"),
+                   help="the CA's private key (PEM, ECDSA) (default: none)")
+    p.add_argument("--node-cert-lifetime", default=e("NODE_CERT_LIFETIME", "24h"),
+                   help="longest life of an agent's certificate, e.g. 90m, 24h, 7d; agents "
+                   "renew at 70-90%% of it, and a removed node's access ends with it "
+                   "(default 24h)")
+    p.add_argument("--agent-service-account",
+                   default=e("AGENT_SERVICE_ACCOUNT",
+                             f"{env.get('POD_NAMESPACE', 'gpuwarden')}/gpuwarden-agent"),
+                   help="NAMESPACE/NAME of the agents' ServiceAccount: only its pods get "
+                   "certificates (default $POD_NAMESPACE/gpuwarden-agent, else "
+                   "gpuwarden/gpuwarden-agent)")
+    p.add_argument("--webhook", default=e("WEBHOOK", "off"),
+                   help="HOST:PORT to serve the mutating admission webhook on (HTTPS, needs "
+                   "--ca-cert and --ca-key), or off (default off)")
+    p.add_argument("--webhook-service",
+                   default=e("WEBHOOK_SERVICE",
+                             f"gpuwarden-coordinator.{env.get('POD_NAMESPACE', 'gpuwarden')}.svc"),
+                   help="the DNS name the API server calls the webhook by, for its "
+                   "certificate (default gpuwarden-coordinator.$POD_NAMESPACE.svc)")
+    p.add_argument("--webhook-configuration", default=e("WEBHOOK_CONFIGURATION", "gpuwarden"),
+                   help="the MutatingWebhookConfiguration whose caBundle the coordinator "
+                   "keeps set to its CA (default gpuwarden)")
     p.add_argument("--log-level", default=e("LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"],
                    help="debug | info | warning | error; JSON when not on a terminal "
@@ -160,6 +197,20 @@ def parse_settings(
         raise SettingsError(
             f"--kube {args.kube!r}: expected auto, in-cluster, kubeconfig:PATH or off"
         )
+    if bool(args.ca_cert) != bool(args.ca_key):
+        raise SettingsError("--ca-cert and --ca-key go together: give both or neither")
+    webhook = HttpAddress.parse(args.webhook, "--webhook")
+    if webhook is not None and not args.ca_cert:
+        raise SettingsError("--webhook needs --ca-cert and --ca-key: its serving certificate "
+                            "comes from that CA")
+    try:
+        node_cert_lifetime_s = lifetime(args.node_cert_lifetime, "--node-cert-lifetime")
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    account_namespace, slash, account_name = args.agent_service_account.partition("/")
+    if not slash or not account_namespace or not account_name:
+        raise SettingsError(f"--agent-service-account {args.agent_service_account!r}: "
+                            "expected NAMESPACE/NAME")
     return CoordinatorSettings(
         broker=broker,
         cluster=args.cluster,
@@ -186,4 +237,11 @@ def parse_settings(
         identity=args.identity or socket.gethostname().split(".")[0],
         policy=Path(args.policy) if args.policy else None,
         log_level=args.log_level,
+        ca_cert=Path(args.ca_cert) if args.ca_cert else None,
+        ca_key=Path(args.ca_key) if args.ca_key else None,
+        node_cert_lifetime_s=node_cert_lifetime_s,
+        agent_service_account=(account_namespace, account_name),
+        webhook=webhook,
+        webhook_names=(args.webhook_service, f"{args.webhook_service}.cluster.local"),
+        webhook_configuration=args.webhook_configuration,
     )
