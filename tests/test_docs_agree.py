@@ -27,7 +27,7 @@ def test_no_document_says_to_restart_after_a_policy_edit(path: Path) -> None:
     # the coordinator reloads the policy file live (coordinator/policy_watch.py), a mounted
     # ConfigMap included
     for paragraph in _paragraphs(path):
-        if re.search(r"(?i)polic", paragraph):
+        if re.search(r"(?i)\bpolic(y|ies)\b", paragraph):
             assert "rollout restart" not in paragraph, paragraph
 
 
@@ -35,5 +35,6 @@ def test_no_document_says_to_restart_after_a_policy_edit(path: Path) -> None:
 def test_dry_run_is_spelled_as_the_parser_reads_it(path: Path) -> None:
     from gpuwarden_common.flags import parse_bool  # noqa: PLC0415
 
-    for value in re.findall(r"GPUWARDEN_DRY_RUN[=:`\s\"]+([A-Za-z0-9]+)", path.read_text()):
+    spelled = r'GPUWARDEN_DRY_RUN(?:=|`? to `"?|\s+value:\s*"?)([A-Za-z0-9]*)'
+    for value in re.findall(spelled, path.read_text()):
         parse_bool(value, "GPUWARDEN_DRY_RUN")  # raises on a spelling the parser refuses
