@@ -83,6 +83,7 @@ class NodeCertificateSigner:
                     await self.sweep()
                 except (ApiException, KubeUnavailableError) as exc:
                     log.warning("csr.list_failed", error=describe(exc))
+            _honour_cancellation()
             await asyncio.sleep(self._settings.poll_s)
 
     async def sweep(self) -> list[str]:
@@ -223,6 +224,15 @@ class NodeCertificateSigner:
 
     def _deadline(self) -> float:
         return time.monotonic() + self._retry.deadline_s
+
+
+def _honour_cancellation() -> None:
+    """On Python 3.11 ``asyncio.wait_for`` (inside every API call) returns the result of a call
+    that finished just as the task was cancelled, swallowing the cancellation; the task still
+    counts it, so raise it here rather than loop on after shutdown asked us to stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _condition(kind: str, reason: str, message: str) -> dict[str, str]:
