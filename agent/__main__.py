@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -14,6 +15,7 @@ import structlog
 from agent.daemon import Agent
 from agent.host import read_boot_id
 from agent.http import Liveness, build_app
+from agent.node_identity import IdentityFiles, NodeIdentity
 from agent.nvml_collector import NvmlUnavailable
 from agent.publisher import Publisher
 from agent.settings import AgentSettings, parse_settings
@@ -67,12 +69,37 @@ async def _amain(settings: AgentSettings) -> int:
 
     stop = asyncio.Event()
     stop_on_signals(stop)
+    identity = _node_identity(settings, agent)
+    renewal = None
     try:
-        await serve_agent(agent, stop)
+        if identity is not None:
+            # the publisher reads the certificate at every connect: have one first
+            await identity.ensure(stop)
+            renewal = asyncio.create_task(identity.keep_renewed(stop), name="cert-renewal")
+        if not stop.is_set():
+            await serve_agent(agent, stop)
     finally:
+        if renewal is not None:
+            renewal.cancel()
+            await asyncio.gather(renewal, return_exceptions=True)
         if player is not None:
             player.stop()
     return 0
+
+
+def _node_identity(settings: AgentSettings, agent: Agent) -> NodeIdentity | None:
+    """``--tls-bootstrap``: the broker certificate from the Kubernetes CSR API."""
+    if settings.tls_bootstrap == "off":
+        return None
+    from agent.kube_csr import KubeCsrClient  # noqa: PLC0415 - only this path needs the client
+
+    assert settings.broker.tls_cert is not None and settings.broker.tls_ca is not None
+    try:
+        client = KubeCsrClient.from_mode(settings.tls_bootstrap)
+    except Exception as exc:  # the kubernetes config loaders raise several kinds
+        raise StartupError(f"--tls-bootstrap {settings.tls_bootstrap}: {exc}") from None
+    files = IdentityFiles(Path(settings.broker.tls_cert), Path(settings.broker.tls_ca))
+    return NodeIdentity(settings.node, files, client, registry=agent.metrics.registry)
 
 
 async def serve_agent(agent: Agent, stop: asyncio.Event, *, say_goodbye: bool = True) -> None:

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpuwarden_common.broker import BrokerSettings, BrokerUrlError
-from gpuwarden_common.flags import HttpAddress, SettingsError, positive, read_secret
+from gpuwarden_common.flags import (
+    BOOLEAN_SPELLINGS,
+    HttpAddress,
+    SettingsError,
+    bool_setting,
+    positive,
+    read_secret,
+)
 from gpuwarden_common.wire import valid_name
 
 
@@ -37,6 +44,9 @@ class AgentSettings:
     disk_path: str
     once: bool
     log_level: str
+    # where the broker certificate comes from: off (the --tls-* files as given), or the
+    # Kubernetes CSR API (in-cluster | kubeconfig:PATH), kept at --tls-cert / --tls-ca
+    tls_bootstrap: str = "off"
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -63,6 +73,14 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--tls-ca", default=e("TLS_CA"), help="CA bundle; implies TLS")
     p.add_argument("--tls-cert", default=e("TLS_CERT"), help="client certificate (with --tls-key)")
     p.add_argument("--tls-key", default=e("TLS_KEY"))
+    p.add_argument(
+        "--tls-bootstrap",
+        default=e("TLS_BOOTSTRAP", "off"),
+        help="get and renew the broker client certificate (CN = the node name) through the "
+        "Kubernetes CSR API: in-cluster | kubeconfig:PATH | off; kept, key and certificate in "
+        f"one file, at --tls-cert (default {DEFAULT_NODE_PEM}) with the CA at --tls-ca "
+        f"(default {DEFAULT_NODE_CA}) (default off)",
+    )
     p.add_argument("--cluster", default=e("CLUSTER", "default"))
     p.add_argument(
         "--node",
@@ -115,9 +133,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--disk-path", default=e("DISK_PATH", "/"))
     p.add_argument(
         "--once",
-        action="store_true",
-        default=e("ONCE", "") in {"1", "true"},
-        help="collect once, print the state JSON, exit",
+        action=argparse.BooleanOptionalAction,
+        default=e("ONCE"),
+        help=f"collect once, print the state JSON, exit (twin: {BOOLEAN_SPELLINGS})",
     )
     p.add_argument(
         "--log-level", default=e("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"]
@@ -125,8 +143,29 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return p
 
 
+DEFAULT_NODE_PEM = "/var/lib/gpuwarden/tls/node.pem"
+DEFAULT_NODE_CA = "/var/lib/gpuwarden/tls/ca.crt"
+
+
+def _bootstrap_paths(args: argparse.Namespace) -> None:
+    """With --tls-bootstrap the agent writes the certificate files itself: one file for key
+    and certificate (replaced atomically, never read half renewed) and the CA beside it."""
+    if args.tls_bootstrap == "off":
+        return
+    if args.tls_bootstrap != "in-cluster" and not args.tls_bootstrap.startswith("kubeconfig:"):
+        raise SettingsError(f"--tls-bootstrap {args.tls_bootstrap!r}: expected in-cluster, "
+                            "kubeconfig:PATH or off")
+    args.tls_cert = args.tls_cert or args.tls_key or DEFAULT_NODE_PEM
+    args.tls_key = args.tls_key or args.tls_cert
+    args.tls_ca = args.tls_ca or DEFAULT_NODE_CA
+    if args.tls_cert != args.tls_key:
+        raise SettingsError("--tls-bootstrap keeps key and certificate in one file: give "
+                            "--tls-cert and --tls-key the same path (or neither)")
+
+
 def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> AgentSettings:
     args = _parser(env).parse_args(list(argv))
+    _bootstrap_paths(args)
     password = (
         read_secret(args.password_file, "--password-file") if args.password_file
         else args.password
@@ -175,6 +214,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> AgentSettings
         ),
         instance_type=args.instance_type,
         disk_path=args.disk_path,
-        once=bool(args.once),
+        once=bool_setting(args.once, "GPUWARDEN_ONCE"),
+        tls_bootstrap=args.tls_bootstrap,
         log_level=args.log_level,
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +21,17 @@ from coordinator.daemon import Coordinator, Leadership
 from coordinator.embedded_broker import EmbeddedBroker
 from coordinator.governance.policy import Policy, PolicyError
 from coordinator.local_actuator import LocalActuator
+from coordinator.pki import CertificateAuthority
 from coordinator.policy_watch import PolicyFile, PolicyWatch, one_line
 from coordinator.settings import CoordinatorSettings, parse_settings
 from coordinator.task_governance import TaskGovernance
+from coordinator.tls_setup import (
+    load_ca,
+    private_dir,
+    webhook_certificate,
+    with_own_broker_certificate,
+)
+from coordinator.webhook_server import AdmissionWebhook, serving_context
 from gpuwarden_common import sdnotify
 from gpuwarden_common.daemon import StartupError, run_daemon, stop_on_signals
 from gpuwarden_common.http import serve
@@ -96,8 +105,47 @@ def _kube_governor(
     )
 
 
+def _identity_tasks(
+    settings: CoordinatorSettings, client: Any, ca: CertificateAuthority, elector: Any,
+    registry: CollectorRegistry,
+) -> list[asyncio.Task[Any]]:
+    """On Kubernetes with a CA: sign agents' certificates while leading, and keep the
+    webhook configuration's caBundle on this CA."""
+    # imported here: only the Kubernetes path needs the client
+    from coordinator.kube_csr import NodeCertificateSigner, SignerSettings  # noqa: PLC0415
+
+    signer = NodeCertificateSigner(
+        client, ca,
+        SignerSettings(settings.agent_service_account,
+                       max_lifetime_s=settings.node_cert_lifetime_s, actor=settings.identity),
+        leading=lambda: bool(elector.is_leader), registry=registry,
+    )
+    tasks = [asyncio.create_task(signer.run(), name="node-certificate-signer")]
+    if settings.webhook is not None:
+        tasks.append(asyncio.create_task(_set_ca_bundle(settings, client, ca),
+                                         name="webhook-ca-bundle"))
+    return tasks
+
+
+async def _set_ca_bundle(settings: CoordinatorSettings, client: Any,
+                         ca: CertificateAuthority) -> None:
+    from coordinator.kube import describe  # noqa: PLC0415
+    from coordinator.kube_webhook import patch_ca_bundle  # noqa: PLC0415
+
+    try:
+        await patch_ca_bundle(client, settings.webhook_configuration, ca.pem)
+    except Exception as exc:
+        # not fatal: the other replica may succeed, and the API server then trusts both
+        log.error("webhook.ca_bundle_failed", configuration=settings.webhook_configuration,
+                  error=describe(exc))
+
+
 async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
     policy_file = _policy_file(settings)
+    ca = load_ca(settings)
+    tls_dir = private_dir() if ca is not None else None
+    if ca is not None and tls_dir is not None:
+        settings = with_own_broker_certificate(settings, ca, tls_dir)
     try:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         audit = AuditLog(settings.state_dir / "audit.sqlite3")
@@ -120,6 +168,11 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
     registry = CollectorRegistry()
     governance: TaskGovernance | None = None
     policy_watch: PolicyWatch | None = None
+    webhook = (
+        None if settings.webhook is None
+        else AdmissionWebhook(policy_file.policy if policy_file else None, registry)
+    )
+    identity_tasks: list[asyncio.Task[Any]] = []
     if settings.kube == "off":
         actuator = LocalActuator(settings.state_dir / "marks.json")
         if policy_file is not None:
@@ -130,8 +183,10 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
         if policy_file is not None:
             governor = _kube_governor(settings, client, policy_file.policy, audit, registry)
             governance = governor
-            policy_watch = PolicyWatch(policy_file, governor.set_policy, audit,
+            policy_watch = PolicyWatch(policy_file, _fan_out(governor, webhook), audit,
                                        actor=settings.identity, registry=registry)
+        if ca is not None:
+            identity_tasks = _identity_tasks(settings, client, ca, elector, registry)
     leadership: Leadership | None = elector
     coordinator = Coordinator(settings, actuator=actuator, audit=audit, leadership=leadership,
                               governance=governance, registry=registry)
@@ -145,15 +200,20 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
         app = build_app(coordinator, coordinator.registry, api_token=settings.api_token,
                         static_dir=static_dir())
         runner = await serve(app, settings.http)
+    webhook_runner = None
+    if webhook is not None and settings.webhook is not None and ca is not None and tls_dir:
+        cert, key = webhook_certificate(settings, ca, tls_dir)
+        webhook_runner = await serve(webhook.app(), settings.webhook, "--webhook",
+                                     serving_context(cert, key))
     log.info("coordinator started", cluster=settings.cluster, broker=settings.broker.display,
              actuator=actuator.name, dry_run=settings.dry_run,
              http=None if settings.http is None else f"{settings.http.host}:{settings.http.port}")
-    tasks = [asyncio.create_task(coordinator.run(), name="coordinator")]
+    tasks = [asyncio.create_task(coordinator.run(), name="coordinator"), *identity_tasks]
     if policy_watch is not None:
         tasks.append(asyncio.create_task(policy_watch.run(), name="policy-watch"))
     election = (
         None if elector is None
-        else asyncio.create_task(elector.run(), name="leader-election")
+        else asyncio.create_task(_elect(elector), name="leader-election")
     )
     sdnotify.ready()
     watchdog = asyncio.create_task(sdnotify.run_watchdog(lambda: True), name="sd-watchdog")
@@ -180,12 +240,36 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
             await asyncio.gather(election, return_exceptions=True)
         if runner is not None:
             await runner.cleanup()
+        if webhook_runner is not None:
+            await webhook_runner.cleanup()
+        if tls_dir is not None:
+            shutil.rmtree(tls_dir, ignore_errors=True)
         await actuator.close()
         if broker is not None:
             await broker.stop()
         audit.record(AuditEntry(kind=AuditKind.SYSTEM, actor=settings.identity, action="stop",
                                 reason="coordinator stopped"))
         audit.close()
+
+
+def _fan_out(governor: Any, webhook: AdmissionWebhook | None) -> Callable[[Policy], None]:
+    """One reloaded policy for the governor and the webhook alike."""
+    def apply(policy: Policy) -> None:
+        governor.set_policy(policy)
+        if webhook is not None:
+            webhook.set_policy(policy)
+
+    return apply
+
+
+async def _elect(elector: Any) -> None:
+    """Run the election; a cluster configuration no retry can fix stops the daemon (exit 2)."""
+    from coordinator.kube import KubeConfigError  # noqa: PLC0415
+
+    try:
+        await elector.run()
+    except KubeConfigError as exc:
+        raise StartupError(str(exc)) from None
 
 
 async def _amain(settings: CoordinatorSettings) -> int:

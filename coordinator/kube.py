@@ -100,6 +100,13 @@ API_CALLS_USED: Final[frozenset[tuple[str, str]]] = frozenset(
         ("patch", "pods"),
         ("delete", "pods"),
         ("create", "pods/eviction"),
+        # the gpuwarden signer (coordinator/kube_csr.py)
+        ("list", "certificatesigningrequests"),
+        ("update", "certificatesigningrequests/approval"),
+        ("update", "certificatesigningrequests/status"),
+        # the admission webhook's caBundle (coordinator/kube_webhook.py)
+        ("get", "mutatingwebhookconfigurations"),
+        ("patch", "mutatingwebhookconfigurations"),
     }
 )
 # The API group of each resource above, for the ClusterRole's apiGroups.
@@ -110,6 +117,10 @@ API_GROUP_OF: Final[Mapping[str, str]] = {
     "leases": "coordination.k8s.io",
     "pods": "",
     "pods/eviction": "",
+    "certificatesigningrequests": "certificates.k8s.io",
+    "certificatesigningrequests/approval": "certificates.k8s.io",
+    "certificatesigningrequests/status": "certificates.k8s.io",
+    "mutatingwebhookconfigurations": "admissionregistration.k8s.io",
 }
 
 _STRATEGIC_MERGE: Final = "application/strategic-merge-patch+json"
@@ -138,6 +149,10 @@ class EventType(enum.StrEnum):
 
 class KubeConfigError(Exception):
     """No usable cluster configuration for the requested ``--kube`` mode."""
+
+
+class LeaseNamespaceMissingError(KubeConfigError):
+    """The Lease's namespace does not exist: no replica can ever lead, so waiting is useless."""
 
 
 class KubeUnavailableError(Exception):
@@ -1056,6 +1071,17 @@ class LeaderElector:
         except Exception as exc:
             if _status(exc) == 409:
                 return _Attempt.HELD_BY_OTHER  # another candidate created it first
+            if _status(exc) == 404:
+                # creating in a namespace that does not exist: say so once, at error level,
+                # and stop, rather than retry every few seconds and never act
+                namespace = self.settings.namespace
+                message = (
+                    f'the Lease namespace "{namespace}" does not exist: create it '
+                    f"(kubectl create namespace {namespace}) or pass --lease-namespace "
+                    "(GPUWARDEN_LEASE_NAMESPACE) naming one that does"
+                )
+                log.error("kube.lease_namespace_missing", namespace=namespace, error=message)
+                raise LeaseNamespaceMissingError(message) from exc
             if not _survivable(exc):
                 raise
             log.info("kube.lease_create_failed", error=describe(exc))

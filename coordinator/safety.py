@@ -56,10 +56,13 @@ class MaxUnhealthy:
         return cls(number, percent)
 
     def limit(self, total_nodes: int) -> int:
-        """Most nodes that may be out at once. A percentage rounds down: "never more than
-        10%" of 5 nodes is 0, so small fleets should use a count."""
+        """Most nodes that may be out at once. A percentage rounds down but never below one
+        node (0% excepted): "10%" of 250 nodes is 25, of 4 nodes 1. Rounding 4 nodes down to 0
+        would never take out a node with XID 79, only pause; Cluster API's MachineHealthCheck
+        likewise remediates one machine of a small pool. A count is taken as given."""
         if self.percent:
-            return math.floor(total_nodes * self.value / 100 + 1e-9)
+            share = math.floor(total_nodes * self.value / 100 + 1e-9)
+            return max(share, 1) if self.value > 0 else 0
         return int(self.value)
 
     def __str__(self) -> str:

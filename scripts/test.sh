@@ -9,11 +9,16 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)  # the dashboard's browser test
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)  # certificates for the broker TLS test
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # verifies the units
+# kubectl kustomize renders every overlay of deploy/kubernetes (components need kubectl 1.21+;
+# Debian 12's kubernetes-client is 1.20, so a newer kubectl already on PATH is kept)
+command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 scripts/setup.sh "${need_apt[@]}"
 
 echo "==> ruff"
 .venv/bin/ruff check agent coordinator gpuwarden_common tests bench
 echo "==> mypy --strict"
 .venv/bin/mypy
+echo "==> install from the built wheel and sdist"
+scripts/check-install.sh
 echo "==> pytest"
 .venv/bin/python -m pytest "$@"

@@ -472,6 +472,8 @@ class _Store:
 
 _CORE = "/api/v1"
 _LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+_CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+_WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 
 class FakeKube:
@@ -486,6 +488,8 @@ class FakeKube:
         self._faults: list[_Fault] = []
         self._budgets: list[_DisruptionBudget] = []
         self._requests: list[RecordedRequest] = []
+        self._missing_namespaces: set[str] = set()
+        self._tokens: dict[str, JsonDict] = {}
         self.url = ""
 
     # lifecycle ---------------------------------------------------------------------------------
@@ -649,6 +653,47 @@ class FakeKube:
         """The pod is gone for good (its kubelet finished terminating it)."""
         self._call(lambda: self.store.delete("pods", namespace, name))
 
+    def add_token(
+        self, token: str, username: str, extra: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
+        """A bearer token the server authenticates as ``username`` with ``extra`` (a bound
+        ServiceAccount token carries its pod's name and uid there). A CSR records its
+        requester from the token, never from the body, as the API server does."""
+        info = {"username": username, "uid": str(uuid.uuid4()),
+                "groups": ["system:serviceaccounts", "system:authenticated"],
+                "extra": {k: list(v) for k, v in (extra or {}).items()}}
+        self._call(lambda: self._tokens.__setitem__(token, info))
+
+    def csr(self, name: str) -> JsonDict:
+        return self._call(
+            lambda: copy.deepcopy(self.store.get("certificatesigningrequests", "", name))
+        )
+
+    def csrs(self) -> list[JsonDict]:
+        return self._call(
+            lambda: copy.deepcopy(self.store.list("certificatesigningrequests", None, None))
+        )
+
+    def add_webhook_configuration(self, configuration: JsonDict) -> JsonDict:
+        """A MutatingWebhookConfiguration (cluster-scoped), as ``kubectl apply`` left it."""
+        obj = copy.deepcopy(configuration)
+        return self._call(
+            lambda: copy.deepcopy(self.store.create("mutatingwebhookconfigurations", "", obj))
+        )
+
+    def webhook_configuration(self, name: str) -> JsonDict:
+        return self._call(
+            lambda: copy.deepcopy(self.store.get("mutatingwebhookconfigurations", "", name))
+        )
+
+    def remove_node(self, name: str) -> None:
+        self._call(lambda: self.store.delete("nodes", "", name))
+
+    def remove_namespace(self, namespace: str) -> None:
+        """Every namespace exists unless removed: creating a lease in a removed one answers 404
+        as the API server does."""
+        self._call(lambda: self._missing_namespaces.add(namespace))
+
     def forget_history(self) -> None:
         """Compact the watch history: resuming from any earlier version now answers 410."""
         self._call(self.store.forget_history)
@@ -790,6 +835,13 @@ class FakeKube:
         app.router.add_patch(pods + "/{name}", self._patch_pod)
         app.router.add_delete(pods + "/{name}", self._delete_pod)
         app.router.add_post(pods + "/{name}/eviction", self._evict_pod)
+        app.router.add_get(_WEBHOOKS + "/{name}", self._get_webhook_configuration)
+        app.router.add_patch(_WEBHOOKS + "/{name}", self._patch_webhook_configuration)
+        app.router.add_post(_CSRS, self._create_csr)
+        app.router.add_get(_CSRS, self._list_csrs)
+        app.router.add_get(_CSRS + "/{name}", self._get_csr)
+        app.router.add_put(_CSRS + "/{name}/approval", self._put_csr_approval)
+        app.router.add_put(_CSRS + "/{name}/status", self._put_csr_status)
 
     # nodes
 
@@ -846,7 +898,10 @@ class FakeKube:
 
     async def _create_lease(self, request: web.Request) -> web.StreamResponse:
         lease = await _body_object(request)
-        return _json(self.store.create("leases", request.match_info["ns"], lease), 201)
+        namespace = request.match_info["ns"]
+        if namespace in self._missing_namespaces:
+            raise ApiError(404, f'namespaces "{namespace}" not found')
+        return _json(self.store.create("leases", namespace, lease), 201)
 
     async def _get_lease(self, request: web.Request) -> web.StreamResponse:
         ns, name = request.match_info["ns"], request.match_info["name"]
@@ -856,6 +911,69 @@ class FakeKube:
         ns, name = request.match_info["ns"], request.match_info["name"]
         lease = await _body_object(request)
         return _json(self.store.replace("leases", ns, name, lease))
+
+    # admission webhook configurations
+
+    async def _get_webhook_configuration(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        return _json(self.store.get("mutatingwebhookconfigurations", "", name))
+
+    async def _patch_webhook_configuration(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        old = self.store.get("mutatingwebhookconfigurations", "", name)
+        patched = apply_patch(old, request.content_type, json.loads(await request.read()))
+        return _json(self.store.replace("mutatingwebhookconfigurations", "", name, patched))
+
+    # certificate signing requests (cluster-scoped; requester from the bearer token)
+
+    async def _create_csr(self, request: web.Request) -> web.StreamResponse:
+        csr = await _body_object(request)
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        who = self._tokens.get(token, {"username": "system:anonymous", "uid": "", "groups": [],
+                                       "extra": {}})
+        csr.setdefault("spec", {}).update(copy.deepcopy(who))
+        csr["status"] = {}
+        return _json(self.store.create("certificatesigningrequests", "", csr), 201)
+
+    async def _list_csrs(self, request: web.Request) -> web.StreamResponse:
+        items = self.store.list("certificatesigningrequests", None, None)
+        wanted = request.query.get("fieldSelector", "")
+        if wanted.startswith("spec.signerName="):
+            signer = wanted.removeprefix("spec.signerName=")
+            items = [i for i in items if i["spec"].get("signerName") == signer]
+        return _json({"apiVersion": "certificates.k8s.io/v1",
+                      "kind": "CertificateSigningRequestList",
+                      "metadata": {"resourceVersion": str(self.store.resource_version)},
+                      "items": items})
+
+    async def _get_csr(self, request: web.Request) -> web.StreamResponse:
+        return _json(self.store.get("certificatesigningrequests", "", request.match_info["name"]))
+
+    async def _put_csr_approval(self, request: web.Request) -> web.StreamResponse:
+        return await self._put_csr_part(request, approval=True)
+
+    async def _put_csr_status(self, request: web.Request) -> web.StreamResponse:
+        return await self._put_csr_part(request, approval=False)
+
+    async def _put_csr_part(self, request: web.Request, *, approval: bool) -> web.StreamResponse:
+        """approval writes Approved/Denied conditions only; status the certificate and the
+        other conditions - each ignores the rest of the body, as the subresources do."""
+        name = request.match_info["name"]
+        old = self.store.get("certificatesigningrequests", "", name)
+        body = await _body_object(request)
+        new = copy.deepcopy(old)
+        new["metadata"]["resourceVersion"] = body.get("metadata", {}).get("resourceVersion")
+        conditions = (body.get("status") or {}).get("conditions") or []
+        decisions = {"Approved", "Denied"}
+        kept = [c for c in old.get("status", {}).get("conditions") or []
+                if (c.get("type") in decisions) != approval]
+        sent = [c for c in conditions if (c.get("type") in decisions) == approval]
+        new.setdefault("status", {})["conditions"] = kept + sent
+        if {"Approved", "Denied"} <= {c.get("type") for c in new["status"]["conditions"]}:
+            raise ApiError(422, "status.conditions: Approved and Denied are exclusive")
+        if not approval and "certificate" in (body.get("status") or {}):
+            new["status"]["certificate"] = body["status"]["certificate"]
+        return _json(self.store.replace("certificatesigningrequests", "", name, new))
 
     # pods
 

@@ -1,109 +1,104 @@
-"""The Kubernetes deployment (deploy/kubernetes/): schemas, RBAC, wiring, alerts, dashboard,
-and the broker's TLS + ACL configuration run on a real Mosquitto.
-
-The manifests are rendered by a small reader of kustomization.yaml (the features it uses:
-namespace, resources, configMapGenerator without hash suffixes); where kubectl or kustomize
-is installed, a test checks that the real kustomize renders the same objects.
+"""The Kubernetes deployment (deploy/kubernetes/): every overlay rendered by the real kustomize
+(``kubectl kustomize``) and checked against the Kubernetes schemas; RBAC, wiring, the webhook,
+alerts and dashboard against the code. The broker's TLS and ACL run on a real Mosquitto in
+tests/test_broker_acl.py.
 """
 
 from __future__ import annotations
 
 import ast
-import asyncio
-import contextlib
+import functools
 import json
 import os
-import pwd
 import re
 import shutil
-import socket
-import ssl
 import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 import yaml
 
 from agent.settings import parse_settings as parse_agent_settings
 from coordinator.governance.policy import parse_policy
 from coordinator.kube import API_CALLS_USED, API_GROUP_OF, UNHEALTHY_TAINT_KEY
+from coordinator.kube_csr import SIGNER_RBAC
 from coordinator.lifecycle import Lifecycle
+from coordinator.pods import GPU_RESOURCE
 from coordinator.settings import parse_settings as parse_coordinator_settings
-from gpuwarden_common.broker import BrokerSettings
-from gpuwarden_common.wire import Kind, cluster_health_topic, node_topic
-from tests.brokers import free_port, mosquitto_binary
+from coordinator.webhook_server import PATH as WEBHOOK_PATH
+from gpuwarden_common.certs import SIGNER_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
+BASE = DEPLOY / "base"
+COMPONENTS = sorted(p.parent.name for p in (DEPLOY / "components").glob("*/kustomization.yaml"))
+OVERLAYS = sorted(p.parent.name for p in (DEPLOY / "overlays").glob("*/kustomization.yaml"))
 NAMESPACE = "gpuwarden"
 SCHEMA_VERSIONS = ("1.30", "1.33")
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
-CLUSTER_SCOPED_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
-# Created by the operator (or cert-manager) before applying, as deploy/kubernetes/README.md says.
-OPERATOR_SECRETS = {
-    "gpuwarden-mqtt-ca",
-    "gpuwarden-mqtt-server-tls",
-    "gpuwarden-mqtt-coordinator-tls",
-}
+# Custom resources: the Prometheus Operator's (monitoring) and cert-manager's
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "Issuer", "Certificate"}
+CLUSTER_SCOPED_KINDS = {
+    "Namespace", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
+}  # fmt: skip
+# Made by the operator before applying, or by the cert-manager component (README.md).
+OPERATOR_SECRETS = {"gpuwarden-ca", "gpuwarden-mqtt-server-tls"}
 Obj = dict[str, Any]
 
 # --- rendering ----------------------------------------------------------------------------
 
-_SUPPORTED_KUSTOMIZE_KEYS = {
-    "apiVersion",
-    "kind",
-    "namespace",
-    "resources",
-    "generatorOptions",
-    "configMapGenerator",
-}
+
+def kubectl() -> str:
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.fail("kubectl is missing: scripts/test.sh installs it (apt-get install -y "
+                    "kubernetes-client, or any kubectl >= 1.21 for kustomize components)")
+    return found
 
 
-def render(directory: Path = DEPLOY) -> list[Obj]:
-    """What ``kustomize build`` gives for the features this kustomization uses; a feature it
-    does not know fails loudly rather than rendering something else."""
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unknown = set(kustomization) - _SUPPORTED_KUSTOMIZE_KEYS
-    assert not unknown, f"render() does not know {unknown}: teach it, or compare with kustomize"
-    namespace = kustomization.get("namespace")
-    objects: list[Obj] = []
-    for resource in kustomization.get("resources", []):
-        objects += [d for d in yaml.safe_load_all((directory / resource).read_text()) if d]
-    options = kustomization.get("generatorOptions", {})
-    assert options.get("disableNameSuffixHash") is True, "render() does not compute name hashes"
-    for generator in kustomization.get("configMapGenerator", []):
-        assert set(generator) <= {"name", "files", "options"}, generator
-        data = {}
-        for entry in generator["files"]:
-            key, _, path = entry.rpartition("=")
-            data[key or Path(path).name] = (directory / path).read_text()
-        metadata: Obj = {"name": generator["name"]}
-        labels = generator.get("options", {}).get("labels")
-        if labels:
-            metadata["labels"] = labels
-        objects.append(
-            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
-        )
-    if namespace:
-        for obj in objects:
-            if obj["kind"] not in CLUSTER_SCOPED_KINDS:
-                obj["metadata"]["namespace"] = namespace
-    return objects
+@functools.cache
+def render(directory: Path) -> tuple[Obj, ...]:
+    """``kubectl kustomize directory``: what ``kubectl apply -k`` would send."""
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(directory)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return tuple(d for d in yaml.safe_load_all(result.stdout) if d)
 
 
-RENDERED = render()
+@functools.cache
+def render_with(*components: str) -> tuple[Obj, ...]:
+    """The base with ``components``, through a throwaway overlay beside the tree."""
+    with tempfile.TemporaryDirectory(dir=ROOT / "deploy") as overlay:
+        here = Path(overlay)
+        (here / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [os.path.relpath(BASE, here)],
+            "components": [os.path.relpath(DEPLOY / "components" / c, here) for c in components],
+        }))  # fmt: skip
+        return render(here)
 
 
-def objects(kind: str) -> list[Obj]:
-    return [o for o in RENDERED if o["kind"] == kind]
+def variants() -> dict[str, tuple[Obj, ...]]:
+    found = {"base": render(BASE)}
+    found |= {f"base+{c}": render_with(c) for c in COMPONENTS}
+    found |= {f"overlays/{o}": render(DEPLOY / "overlays" / o) for o in OVERLAYS}
+    return found
 
 
-def one(kind: str, name: str) -> Obj:
-    found = [o for o in objects(kind) if o["metadata"]["name"] == name]
+RENDERED = list(render(BASE))
+MONITORED = list(render_with("monitoring"))
+
+
+def objects(kind: str, rendered: list[Obj] = RENDERED) -> list[Obj]:
+    return [o for o in rendered if o["kind"] == kind]
+
+
+def one(kind: str, name: str, rendered: list[Obj] = RENDERED) -> Obj:
+    found = [o for o in objects(kind, rendered) if o["metadata"]["name"] == name]
     assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
     return found[0]
 
@@ -135,44 +130,50 @@ AGENT = one("DaemonSet", "gpuwarden-agent")
 COORDINATOR = one("StatefulSet", "gpuwarden-coordinator")
 BROKER = one("Deployment", "gpuwarden-mqtt")
 
-# --- schemas ------------------------------------------------------------------------------
+# --- schemas, for every overlay ------------------------------------------------------------
+
+VARIANTS = variants()
 
 
 @pytest.mark.parametrize("version", SCHEMA_VERSIONS)
-def test_every_builtin_object_validates_against_the_kubernetes_schemas(version: str) -> None:
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_builtin_object_of_every_overlay_validates_against_the_schemas(
+    variant: str, version: str
+) -> None:
     kubernetes_validate = pytest.importorskip(
         "kubernetes_validate", reason="pip install kubernetes-validate"
     )
-    checked = 0
-    for obj in RENDERED:
-        if obj["kind"] in CRD_KINDS:
-            continue
+    builtin = [o for o in VARIANTS[variant] if o["kind"] not in CRD_KINDS]
+    for obj in builtin:
         kubernetes_validate.validate(obj, version, strict=True)
-        checked += 1
-    assert checked == len(RENDERED) - sum(o["kind"] in CRD_KINDS for o in RENDERED)
+    assert builtin
 
 
-def _kustomize_command() -> list[str] | None:
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    return None
+def test_the_base_applies_on_a_plain_cluster() -> None:
+    # no custom resource kinds (no Prometheus Operator, no cert-manager), and no RuntimeClass
+    # that a cluster may not have
+    assert {o["kind"] for o in RENDERED} & CRD_KINDS == set()
+    assert "runtimeClassName" not in AGENT["spec"]["template"]["spec"]
 
 
-def test_render_agrees_with_kustomize() -> None:
-    command = _kustomize_command()
-    if command is None:
-        pytest.skip("neither kustomize nor kubectl is installed (apt-get install -y kubectl)")
-    result = subprocess.run(
-        [*command, str(DEPLOY)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
+def test_the_nvidia_runtime_component_sets_the_runtime_class() -> None:
+    agent = one("DaemonSet", "gpuwarden-agent", list(render_with("nvidia-runtime")))
+    assert agent["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
 
-    def canonical(objs: list[Obj]) -> list[str]:
-        return sorted(json.dumps(o, sort_keys=True) for o in objs)
 
-    assert canonical([d for d in yaml.safe_load_all(result.stdout) if d]) == canonical(RENDERED)
+def test_the_cert_manager_component_makes_exactly_the_secrets_the_base_needs() -> None:
+    certificates = objects("Certificate", list(render_with("cert-manager")))
+    assert {c["spec"]["secretName"] for c in certificates} == OPERATOR_SECRETS
+    [ca] = [c for c in certificates if c["spec"].get("isCA")]
+    assert ca["spec"]["privateKey"]["algorithm"] == "ECDSA"  # the coordinator signs with EC
+
+
+def test_the_example_overlay_points_the_images_at_another_registry() -> None:
+    rendered = list(render(DEPLOY / "overlays" / "example"))
+    for kind, name, c in (("DaemonSet", "gpuwarden-agent", "agent"),
+                          ("StatefulSet", "gpuwarden-coordinator", "coordinator")):
+        image = container(one(kind, name, rendered), c)["image"]
+        assert image.startswith("registry.example.com/gpuwarden/"), image
 
 
 def test_every_namespaced_object_lives_in_the_gpuwarden_namespace() -> None:
@@ -213,7 +214,17 @@ def _expected(resources: set[str] | None = None, exclude: set[str] | None = None
 
 
 def test_cluster_role_grants_exactly_the_cluster_wide_calls_the_coordinator_makes() -> None:
-    assert granted(one("ClusterRole", "gpuwarden-coordinator")) == _expected(exclude={"leases"})
+    signer = {(verb, resource, "certificates.k8s.io") for verb, resource in SIGNER_RBAC}
+    expected = _expected(exclude={"leases"}) | signer
+    assert granted(one("ClusterRole", "gpuwarden-coordinator")) == expected
+
+
+def test_the_coordinator_signs_and_patches_only_what_is_its_own() -> None:
+    rules = one("ClusterRole", "gpuwarden-coordinator")["rules"]
+    named = {r["resources"][0]: r["resourceNames"] for r in rules if "resourceNames" in r}
+    assert named == {"signers": [SIGNER_NAME], "mutatingwebhookconfigurations": ["gpuwarden"]}
+    webhook = one("MutatingWebhookConfiguration", "gpuwarden")["metadata"]["name"]
+    assert coordinator_settings().webhook_configuration == webhook
 
 
 def test_namespaced_role_grants_exactly_the_lease_calls() -> None:
@@ -232,17 +243,19 @@ def test_lease_role_names_the_lease_the_coordinator_uses() -> None:
 
 
 @pytest.mark.parametrize(
-    ("binding_kind", "role_kind", "name"),
+    ("binding_kind", "role_kind", "name", "workload"),
     [
-        ("ClusterRoleBinding", "ClusterRole", "gpuwarden-coordinator"),
-        ("RoleBinding", "Role", "gpuwarden-coordinator-leader-election"),
+        ("ClusterRoleBinding", "ClusterRole", "gpuwarden-coordinator", "coordinator"),
+        ("RoleBinding", "Role", "gpuwarden-coordinator-leader-election", "coordinator"),
+        ("ClusterRoleBinding", "ClusterRole", "gpuwarden-agent", "agent"),
     ],
 )
-def test_roles_are_bound_to_the_coordinators_service_account(
-    binding_kind: str, role_kind: str, name: str
+def test_roles_are_bound_to_their_workloads_service_account(
+    binding_kind: str, role_kind: str, name: str, workload: str
 ) -> None:
     binding = one(binding_kind, name)
-    account = COORDINATOR["spec"]["template"]["spec"]["serviceAccountName"]
+    pods = {"coordinator": COORDINATOR, "agent": AGENT}[workload]
+    account = pods["spec"]["template"]["spec"]["serviceAccountName"]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": role_kind,
@@ -254,11 +267,15 @@ def test_roles_are_bound_to_the_coordinators_service_account(
     assert one("ServiceAccount", account)
 
 
-def test_only_the_coordinator_can_reach_the_kubernetes_api() -> None:
-    for workload in (AGENT, BROKER):
-        spec = workload["spec"]["template"]["spec"]
-        assert spec["automountServiceAccountToken"] is False
-    assert one("ServiceAccount", "gpuwarden-agent")["automountServiceAccountToken"] is False
+def test_the_broker_has_no_token_and_the_agent_may_only_ask_for_its_certificate() -> None:
+    assert BROKER["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert granted(one("ClusterRole", "gpuwarden-agent")) == {
+        ("create", "certificatesigningrequests", "certificates.k8s.io"),
+        ("get", "certificatesigningrequests", "certificates.k8s.io"),
+    }
+    # the signer trusts exactly the agents' ServiceAccount
+    account = AGENT["spec"]["template"]["spec"]["serviceAccountName"]
+    assert coordinator_settings().agent_service_account == (NAMESPACE, account)
 
 
 # --- the agent DaemonSet ------------------------------------------------------------------
@@ -267,7 +284,6 @@ def test_only_the_coordinator_can_reach_the_kubernetes_api() -> None:
 def test_agent_runs_only_on_gpu_nodes() -> None:
     spec = AGENT["spec"]["template"]["spec"]
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    assert spec["runtimeClassName"] == "nvidia"
 
 
 def test_agent_tolerates_gpuwardens_own_taint_and_the_gpu_taint() -> None:
@@ -306,8 +322,21 @@ def test_agent_env_parses_into_settings_that_keep_state_on_the_host() -> None:
     assert settings.node == "gpu-node-7"
     assert settings.spool_dir is not None and settings.spool_dir.is_relative_to(state_mount)
     assert settings.xid_history is not None and settings.xid_history.is_relative_to(state_mount)
-    assert settings.broker.tls and settings.broker.tls_cert and settings.broker.tls_key
     assert settings.http is not None
+
+
+def test_agent_gets_its_certificate_from_the_csr_api_and_keeps_it_on_the_host() -> None:
+    c = container(AGENT, "agent")
+    settings = parse_agent_settings([], literal_env(c, {"NODE_NAME": "gpu-node-7"}))
+    state_mount = Path(mount_of(AGENT, c, "state"))
+    assert settings.tls_bootstrap == "in-cluster"
+    assert settings.broker.tls and settings.broker.tls_cert == settings.broker.tls_key
+    for path in (settings.broker.tls_cert, settings.broker.tls_ca):
+        assert path is not None and Path(path).is_relative_to(state_mount)
+    # nothing per node to provision: no hostPath but the agent's own state and the kernel log
+    host_paths = {v["hostPath"]["path"] for v in AGENT["spec"]["template"]["spec"]["volumes"]
+                  if "hostPath" in v}
+    assert host_paths == {"/var/lib/gpuwarden", "/dev/kmsg"}
 
 
 def test_agent_probes_and_metrics_port_match_its_http_listener() -> None:
@@ -385,7 +414,7 @@ def test_coordinator_container_is_locked_down() -> None:
 def test_coordinator_probes_use_its_http_port() -> None:
     c = container(COORDINATOR, "coordinator")
     settings = coordinator_settings()
-    [port] = c["ports"]
+    [port] = [p for p in c["ports"] if p["name"] == "http"]
     assert port["containerPort"] == settings.http.port
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": port["name"]}
@@ -398,6 +427,45 @@ def test_policy_configmap_is_a_valid_policy_mounted_where_the_coordinator_reads_
     assert policy.teams and policy.priority_classes
     assert volume(COORDINATOR, "policy")["configMap"]["name"] == "gpuwarden-policy"
     assert coordinator_settings().policy == Path(mount_of(COORDINATOR, c, "policy")) / key
+
+
+# --- the admission webhook ---------------------------------------------------------------
+
+WEBHOOK_CONFIGURATION = one("MutatingWebhookConfiguration", "gpuwarden")
+[POD_WEBHOOK] = WEBHOOK_CONFIGURATION["webhooks"]
+
+
+def test_the_webhook_calls_the_coordinators_webhook_listener() -> None:
+    service_ref = POD_WEBHOOK["clientConfig"]["service"]
+    service = one("Service", service_ref["name"])
+    [port] = [p for p in service["spec"]["ports"] if p["port"] == service_ref["port"]]
+    [container_port] = [p for p in container(COORDINATOR, "coordinator")["ports"]
+                        if p["name"] == port["targetPort"]]
+    settings = coordinator_settings()
+    assert settings.webhook is not None
+    assert container_port["containerPort"] == settings.webhook.port
+    assert service_ref["path"] == WEBHOOK_PATH
+    # the serving certificate names what the API server dials
+    assert f"{service_ref['name']}.{service_ref['namespace']}.svc" in settings.webhook_names
+
+
+def test_the_webhook_fails_closed_on_gpu_pods_only_and_honours_the_opt_out() -> None:
+    assert POD_WEBHOOK["failurePolicy"] == "Fail"
+    assert POD_WEBHOOK["sideEffects"] == "None"
+    assert POD_WEBHOOK["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"],
+                                     "operations": ["CREATE"], "resources": ["pods"],
+                                     "scope": "Namespaced"}]
+    [condition] = POD_WEBHOOK["matchConditions"]
+    assert f"'{GPU_RESOURCE}'" in condition["expression"]
+    [opt_out] = POD_WEBHOOK["objectSelector"]["matchExpressions"]
+    assert (opt_out["key"], opt_out["operator"], opt_out["values"]) == (
+        "gpuwarden.io/admission", "NotIn", ["skip"])
+    [excluded] = POD_WEBHOOK["namespaceSelector"]["matchExpressions"]
+    assert {"kube-system", NAMESPACE} <= set(excluded["values"])
+
+
+def test_the_webhook_ships_without_a_ca_bundle_the_coordinator_sets_it() -> None:
+    assert "caBundle" not in POD_WEBHOOK["clientConfig"]
 
 
 # --- wiring between the pieces ------------------------------------------------------------
@@ -506,7 +574,9 @@ def test_broker_requires_client_certificates_and_takes_the_user_from_them() -> N
 # --- monitoring: ServiceMonitor, PrometheusRule, Grafana ----------------------------------
 
 
-@pytest.mark.parametrize("monitor", objects("ServiceMonitor"), ids=lambda m: m["metadata"]["name"])
+@pytest.mark.parametrize(
+    "monitor", objects("ServiceMonitor", MONITORED), ids=lambda m: m["metadata"]["name"]
+)
 def test_service_monitor_selects_a_service_and_scrapes_a_port_it_has(monitor: Obj) -> None:
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     selector = monitor["spec"]["selector"]["matchLabels"]
@@ -522,13 +592,13 @@ def test_service_monitor_selects_a_service_and_scrapes_a_port_it_has(monitor: Ob
 
 RULES = [
     rule
-    for group in one("PrometheusRule", "gpuwarden")["spec"]["groups"]
+    for group in one("PrometheusRule", "gpuwarden", MONITORED)["spec"]["groups"]
     for rule in group["rules"]
 ]
 
 
 def test_prometheus_rules_have_the_operators_shape() -> None:
-    rule_object = one("PrometheusRule", "gpuwarden")
+    rule_object = one("PrometheusRule", "gpuwarden", MONITORED)
     assert rule_object["apiVersion"] == "monitoring.coreos.com/v1"
     groups = rule_object["spec"]["groups"]
     assert len({g["name"] for g in groups}) == len(groups)
@@ -551,10 +621,13 @@ def test_alerts_cover_the_conditions_an_operator_must_hear_about() -> None:
         "GpuwardenAgentSilent",
         "GpuwardenIngestRejectsRising",
         "GpuwardenCoordinatorWithoutLeader",
+        "GpuwardenAgentCertificateExpiring",
+        "GpuwardenNodeCertificatesDenied",
+        "GpuwardenNodeCaExpiring",
     }
 
 
-DASHBOARD_CONFIGMAP = one("ConfigMap", "gpuwarden-grafana-dashboard")
+DASHBOARD_CONFIGMAP = one("ConfigMap", "gpuwarden-grafana-dashboard", MONITORED)
 [DASHBOARD_JSON] = DASHBOARD_CONFIGMAP["data"].values()
 
 
@@ -644,254 +717,3 @@ def test_label_values_the_queries_match_are_values_the_code_produces() -> None:
                     assert value in service_names, query
                 else:
                     assert value in literals, f"{label}={value!r} in {query}"
-
-
-# --- the broker's TLS and ACL, on a real Mosquitto ----------------------------------------
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _issue(ca_dir: Path, name: str, cn: str, extensions: str) -> tuple[Path, Path]:
-    ext = ca_dir / f"{name}.ext"
-    ext.write_text(
-        "basicConstraints=critical,CA:FALSE\n"
-        "keyUsage=critical,digitalSignature\n"
-        "authorityKeyIdentifier=keyid\n"
-        "subjectKeyIdentifier=hash\n" + extensions
-    )
-    _openssl(
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.csr",
-        "-subj",
-        f"/CN={cn}",
-        cwd=ca_dir,
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        f"{name}.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-out",
-        f"{name}.crt",
-        "-extfile",
-        ext.name,
-        cwd=ca_dir,
-    )
-    return ca_dir / f"{name}.crt", ca_dir / f"{name}.key"
-
-
-CLIENTS = ("node-a", "node-b", "gpuwarden-coordinator")
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, the broker's server certificate (the names the Service gives it, plus localhost
-    for the test) and one client certificate per CN in CLIENTS."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is missing: apt-get install -y openssl")
-    d = tmp_path_factory.mktemp("pki")
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=gpuwarden test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=d,
-    )
-    _issue(
-        d,
-        "tls",
-        "gpuwarden-mqtt",
-        "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:gpuwarden-mqtt,DNS:localhost\n",
-    )
-    for cn in CLIENTS:
-        _issue(d, cn, cn, "extendedKeyUsage=clientAuth\n")
-    return d
-
-
-@contextlib.contextmanager
-def deployed_broker(pki: Path, workdir: Path) -> Iterator[int]:
-    """Mosquitto running the deployment's own mosquitto.conf and acl, with the pod's paths
-    moved into ``workdir`` and the listener onto a free loopback port."""
-    cm = one("ConfigMap", "gpuwarden-mosquitto")["data"]
-    port = free_port()
-    (workdir / "data").mkdir()
-    (workdir / "acl").write_text(cm["acl"])
-    conf = _broker_conf()
-    for old, new in (
-        ("listener 8883\n", f"listener {port} 127.0.0.1\n"),
-        ("/mosquitto/config/acl", str(workdir / "acl")),
-        ("/mosquitto/tls/", f"{pki}/"),
-        ("/mosquitto/data/", f"{workdir}/data/"),
-        ("log_dest stdout", f"log_dest file {workdir}/mosquitto.log"),
-    ):
-        assert old in conf, f"mosquitto.conf no longer has {old!r}: update this test"
-        conf = conf.replace(old, new)
-    # Started as root, mosquitto would switch to the user "mosquitto", who cannot read the
-    # test's private directory; the pod runs it as a non-root user, which never switches.
-    conf = f"user {pwd.getpwuid(os.geteuid()).pw_name}\n{conf}"
-    (workdir / "mosquitto.conf").write_text(conf)
-    proc = subprocess.Popen(
-        [mosquitto_binary(), "-c", str(workdir / "mosquitto.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            assert proc.poll() is None, (workdir / "mosquitto.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mosquitto did not open its port"
-                time.sleep(0.02)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(5)
-
-
-@pytest.fixture
-def broker_port(pki: Path, tmp_path: Path) -> Iterator[int]:
-    with deployed_broker(pki, tmp_path) as port:
-        yield port
-
-
-def client_settings(pki: Path, port: int, cn: str | None) -> BrokerSettings:
-    """What a daemon builds from its --tls-* flags; no certificate when ``cn`` is None."""
-    return BrokerSettings.from_url(
-        f"mqtts://localhost:{port}",
-        tls_ca=str(pki / "ca.crt"),
-        tls_cert=None if cn is None else str(pki / f"{cn}.crt"),
-        tls_key=None if cn is None else str(pki / f"{cn}.key"),
-    )
-
-
-@contextlib.asynccontextmanager
-async def connected(pki: Path, port: int, cn: str) -> AsyncIterator[aiomqtt.Client]:
-    async with aiomqtt.Client(**client_settings(pki, port, cn).client_kwargs(), timeout=10) as c:
-        yield c
-
-
-async def received_until(client: aiomqtt.Client, marker: str) -> list[str]:
-    """Topics the client receives up to and including ``marker``."""
-    topics: list[str] = []
-
-    async def collect() -> list[str]:
-        async for message in client.messages:
-            topics.append(message.topic.value)
-            if message.topic.value == marker:
-                return topics
-        return topics
-
-    return await asyncio.wait_for(collect(), 10)
-
-
-@pytest.mark.broker
-async def test_a_node_writes_its_own_topics_and_nothing_else(pki: Path, broker_port: int) -> None:
-    cluster = "default"
-    own_state = node_topic(cluster, "node-a", Kind.STATE)
-    own_events = node_topic(cluster, "node-a", Kind.EVENTS)
-    forbidden = [
-        node_topic(cluster, "node-b", Kind.STATE),  # another node's topic
-        node_topic(cluster, "node-a", Kind.VERDICT),  # the coordinator's word on it
-        node_topic(cluster, "node-a", Kind.ACK),  # it cannot acknowledge its own events
-        cluster_health_topic(cluster),
-    ]
-    async with (
-        connected(pki, broker_port, "gpuwarden-coordinator") as coordinator,
-        connected(pki, broker_port, "node-a") as node,
-    ):
-        await coordinator.subscribe("gpuwarden/v1/#", qos=1)
-        await node.publish(own_state, b"{}", qos=1)
-        for topic in forbidden:
-            await node.publish(topic, b"{}", qos=1)
-        # one connection's messages arrive in order: the forbidden ones would precede this
-        await node.publish(own_events, b"{}", qos=1)
-        topics = await received_until(coordinator, own_events)
-    assert topics == [own_state, own_events]
-
-
-@pytest.mark.broker
-async def test_a_node_reads_its_own_acknowledgements_and_nothing_else(
-    pki: Path, broker_port: int
-) -> None:
-    verdict = node_topic("default", "node-a", Kind.VERDICT)
-    other_state = node_topic("default", "node-b", Kind.STATE)
-    other_ack = node_topic("default", "node-b", Kind.ACK)
-    own_ack = node_topic("default", "node-a", Kind.ACK)
-    async with (
-        connected(pki, broker_port, "gpuwarden-coordinator") as coordinator,
-        connected(pki, broker_port, "node-a") as node_a,
-        connected(pki, broker_port, "node-b") as node_b,
-    ):
-        await node_a.subscribe("gpuwarden/v1/#", qos=1)
-        await coordinator.subscribe("gpuwarden/v1/#", qos=1)
-        await coordinator.publish(verdict, b"{}", qos=1)
-        await coordinator.publish(other_ack, b"{}", qos=1)
-        await node_b.publish(other_state, b"{}", qos=1)
-        await received_until(coordinator, other_state)
-        await coordinator.publish(own_ack, b"{}", qos=1)
-        # one connection's messages arrive in order: the forbidden ones would precede this
-        assert await received_until(node_a, own_ack) == [own_ack]
-
-
-@pytest.mark.broker
-async def test_the_coordinator_reads_all_and_writes_verdicts_acks_and_cluster_health(
-    pki: Path, broker_port: int
-) -> None:
-    verdict = node_topic("default", "node-a", Kind.VERDICT)
-    ack = node_topic("default", "node-a", Kind.ACK)
-    health = cluster_health_topic("default")
-    async with connected(pki, broker_port, "gpuwarden-coordinator") as coordinator:
-        await coordinator.subscribe("gpuwarden/v1/#", qos=1)
-        await coordinator.publish(verdict, b"{}", qos=1)
-        await coordinator.publish(ack, b"{}", qos=1)
-        await coordinator.publish(health, b"{}", qos=1)
-        assert await received_until(coordinator, health) == [verdict, ack, health]
-
-
-@pytest.mark.broker
-def test_a_client_without_a_certificate_is_refused(pki: Path, broker_port: int) -> None:
-    # Raw TLS with the daemons' own context: paho reports this refusal only as a connect
-    # timeout, which would not tell a refusal from a slow broker.
-    context = client_settings(pki, broker_port, None).ssl_context()
-    assert context is not None
-    with (
-        socket.create_connection(("127.0.0.1", broker_port), 5) as raw,
-        pytest.raises(ssl.SSLError, match=r"(?i)certificate|handshake"),
-        context.wrap_socket(raw, server_hostname="localhost") as tls,
-    ):
-        tls.recv(1)  # TLS 1.3 delivers the broker's refusal after the handshake

@@ -14,6 +14,7 @@ import pytest
 from kubernetes.client import ApiClient
 
 from coordinator.kube import (
+    KubeConfigError,
     LeaderElector,
     LeaseSettings,
     api_client_for_url,
@@ -201,3 +202,16 @@ def test_the_default_lease_lets_a_standby_take_over_within_15_seconds_of_a_death
     # jittered retry period (x1.2) late, waits the lease out, and tries one retry later
     settings = LeaseSettings()
     assert settings.lease_duration_s + 2 * 1.2 * settings.retry_period_s <= 15.0
+
+
+async def test_a_missing_lease_namespace_stops_the_elector_saying_what_to_create(
+    fake_kube: FakeKube, kube_api_client: ApiClient
+) -> None:
+    fake_kube.remove_namespace("gpuwarden")
+    elector = LeaderElector(kube_api_client, leader_identity("solo"), SHORT)
+    with pytest.raises(
+        KubeConfigError,
+        match=r'namespace "gpuwarden".*kubectl create namespace gpuwarden.*--lease-namespace',
+    ):
+        await asyncio.wait_for(elector.run(), GENEROUS_S)
+    assert not elector.is_leader

@@ -256,3 +256,20 @@ def test_a_recovery_decided_during_a_pause_goes_through() -> None:
     assert transition is not None
     assert transition.target is Lifecycle.HEALTHY
     assert allowed(gate.admit(transition, 99, 100, now=320.0, silent_nodes=99))
+
+
+@pytest.mark.parametrize(("total", "limit"), [(1, 1), (4, 1), (9, 1), (10, 1), (19, 1), (20, 2)])
+def test_max_unhealthy_percent_always_lets_one_node_out(total: int, limit: int) -> None:
+    # Cluster API's MachineHealthCheck remediates one machine of a small pool too: a 10% cap
+    # that rounded 4 nodes down to 0 would never take a node with XID 79 out.
+    assert MaxUnhealthy.parse("10%").limit(total) == limit
+
+
+@pytest.mark.parametrize("text", ["0", "0%"])
+def test_max_unhealthy_zero_still_means_no_node_out(text: str) -> None:
+    assert MaxUnhealthy.parse(text).limit(100) == 0
+
+
+def test_a_fault_on_a_four_node_fleet_is_remediated_under_the_default_cap() -> None:
+    gate = SafetyGate("10%", rate_per_minute=100)
+    assert allowed(gate.allow("n1", nodes_out_now=0, total_nodes=4, now=0.0))

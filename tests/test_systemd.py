@@ -334,3 +334,12 @@ def test_unit_exposure_stays_at_the_hardened_level(
     assert found is not None, result.stdout[-2000:] + result.stderr
     assert float(found.group(1)) <= ceiling, result.stdout
 
+
+
+def test_coordinator_env_file_sets_nothing_the_coordinator_ignores_without_kubernetes() -> None:
+    # a policy is enforced on Kubernetes pods only: with GPUWARDEN_KUBE=off it would be a
+    # setting that looks live and does nothing
+    env = env_file(SYSTEMD / "coordinator.env")
+    settings = parse_coordinator_settings([], env)
+    assert settings.kube == "off"
+    assert settings.policy is None
