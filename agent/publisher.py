@@ -11,7 +11,6 @@ newest snapshot matters.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import threading
 import time
@@ -23,6 +22,7 @@ import aiomqtt
 import structlog
 
 from agent.spool import Spool
+from gpuwarden_common.aio import raise_if_cancelled, wait_event
 from gpuwarden_common.backoff import backoff_delay
 from gpuwarden_common.broker import BrokerSettings
 from gpuwarden_common.wire import (
@@ -159,6 +159,7 @@ class Publisher:
         delays = self._backoff.delays()
         outage_logged = False
         while True:
+            raise_if_cancelled()
             online = self._status("online")
             # reserved after "online" so the will always reads as newer than this session's
             # online message, and older than the next session's
@@ -205,6 +206,7 @@ class Publisher:
 
     async def _send(self, client: aiomqtt.Client) -> None:
         while True:
+            raise_if_cancelled()
             self._wake.clear()
             next_due = await self._send_due_events(client)
             if self._state_dirty and self._latest_state is not None:
@@ -216,9 +218,7 @@ class Publisher:
             if self._state_dirty:
                 continue
             timeout = None if next_due is None else max(0.0, next_due - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
+            await wait_event(self._wake, timeout)
 
     async def _send_due_events(self, client: aiomqtt.Client) -> float | None:
         """Send, in order, every event not sent on this connection yet or unacknowledged

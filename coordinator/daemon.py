@@ -31,6 +31,7 @@ from coordinator.remediator import RemediationConfig, Remediator
 from coordinator.safety import SafetyGate
 from coordinator.settings import CoordinatorSettings
 from coordinator.task_governance import TaskGovernance
+from gpuwarden_common.aio import raise_if_cancelled
 from gpuwarden_common.backoff import backoff_delay
 from gpuwarden_common.health import Severity
 from gpuwarden_common.wire import (
@@ -199,6 +200,7 @@ class Coordinator:
         cluster first, so nothing is done twice and nothing half-done is left so."""
         failures = 0
         while True:
+            raise_if_cancelled()
             leading = self.leadership.is_leader
             if leading and not self._acting:
                 try:
@@ -266,6 +268,7 @@ class Coordinator:
         governance = self.governance
         assert governance is not None
         while True:
+            raise_if_cancelled()
             await self._leading.wait()
             governance.set_capacity(self.model.healthy_gpus_by_node())
             task = asyncio.create_task(governance.run(), name="governance-run")

@@ -11,13 +11,13 @@ node it does not know is deleted. Only the acting leader publishes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
 from coordinator.model import ClusterModel, NodeRecord
+from gpuwarden_common.aio import raise_if_cancelled, wait_event
 from gpuwarden_common.wire import (
     ClusterHealthMessage,
     Kind,
@@ -112,6 +112,7 @@ class HealthFeed:
         next_cluster = 0.0
         next_refresh = self._clock() + self._refresh_s
         while True:
+            raise_if_cancelled()
             now = self._clock()
             if self._is_acting():
                 if now >= next_refresh:
@@ -125,10 +126,7 @@ class HealthFeed:
                     await self._send(self._cluster_topic, encode(self._summary()))
                 next_cluster = now + CLUSTER_FEED_INTERVAL_S
             self._wake.clear()
-            # asyncio.timeout, not wait_for: a cancel must never be lost (see Remediator.run)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.05, next_cluster - self._clock())):
-                    await self._wake.wait()
+            await wait_event(self._wake, max(0.05, next_cluster - self._clock()))
 
     async def _publish_due(self) -> None:
         deletions, self._delete_due = self._delete_due, set()

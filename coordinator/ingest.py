@@ -31,6 +31,7 @@ import aiomqtt
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gpuwarden_common.aio import raise_if_cancelled
 from gpuwarden_common.backoff import backoff_delay
 from gpuwarden_common.broker import BrokerSettings
 from gpuwarden_common.wire import (
@@ -518,6 +519,7 @@ class Ingestor:
         attempt = 0
         down_since: float | None = None
         while True:
+            raise_if_cancelled()
             try:
                 async with aiomqtt.Client(
                     **self._client_kwargs,
@@ -636,6 +638,7 @@ class Ingestor:
 
     async def _send_acks(self, client: aiomqtt.Client) -> None:
         while True:
+            raise_if_cancelled()
             await self._ack_wake.wait()
             self._ack_wake.clear()
             due, self._acks_due = self._acks_due, {}

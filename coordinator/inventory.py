@@ -12,12 +12,12 @@ inventory (the local actuator) answers None: then every reporting node counts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
 import structlog
 
+from gpuwarden_common.aio import raise_if_cancelled, wait_event
 from gpuwarden_common.backoff import backoff_delay
 
 log = structlog.get_logger("coordinator.inventory")
@@ -54,6 +54,7 @@ class NodeInventory:
     async def run(self) -> None:
         failures = 0
         while True:
+            raise_if_cancelled()
             try:
                 members = await self._list_nodes()
             except Exception as exc:  # the API is down: keep what we knew
@@ -70,8 +71,6 @@ class NodeInventory:
                 self._on_change(members)
             read_at = self._clock()
             self._asked.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._refresh_s):
-                    await self._asked.wait()
+            await wait_event(self._asked, self._refresh_s)
             # asked early: still never more often than min_gap_s
             await asyncio.sleep(max(0.0, read_at + self._min_gap_s - self._clock()))

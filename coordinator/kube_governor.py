@@ -40,7 +40,6 @@ that do.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections.abc import (
@@ -88,6 +87,7 @@ from coordinator.pods import (
     group_by_task,
 )
 from coordinator.task_governance import Json, classes_json, tasks_json, teams_json
+from gpuwarden_common.aio import raise_if_cancelled, wait_event
 
 log = structlog.get_logger("coordinator.governance")
 
@@ -328,13 +328,11 @@ class KubeGovernor:
 
     async def _rounds(self) -> None:
         while True:
+            raise_if_cancelled()
             self._wake.clear()
             await self.step()
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-            # races the event, and the rounds would then outlive the governor
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.interval_s):
-                    await self._wake.wait()
+            # a cancel must never be lost (gpuwarden_common.aio)
+            await wait_event(self._wake, self.settings.interval_s)
             await asyncio.sleep(self.settings.settle_s)
 
     async def step(self) -> None:

@@ -12,7 +12,6 @@ of service. Only the leader acts; ``--dry-run`` decides and audits and calls no 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -38,6 +37,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import ClusterModel, NodeRecord
 from coordinator.restore import is_lifecycle_decision, plan_restore
 from coordinator.safety import Deny, SafetyGate
+from gpuwarden_common.aio import raise_if_cancelled, wait_event
 from gpuwarden_common.health import Severity
 
 log = structlog.get_logger("coordinator.remediator")
@@ -109,6 +109,7 @@ class Remediator:
     async def run(self) -> None:
         next_tick = 0.0
         while True:
+            raise_if_cancelled()
             now = self._clock()
             if now >= next_tick:
                 self._dirty.update(r.name for r in self.model.counted())
@@ -127,11 +128,8 @@ class Remediator:
                     await self.converge(work.node)
             self.metrics.marks_pending.set(len(self.marks))
             self._wake.clear()
-            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands as
-            # the wake fires, and a coordinator told to stop would go on acting
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.01, next_tick - self._clock())):
-                    await self._wake.wait()
+            # a cancel must never be lost (gpuwarden_common.aio)
+            await wait_event(self._wake, max(0.01, next_tick - self._clock()))
 
     async def evaluate(self, name: str) -> Transition | None:
         record = self.model.node(name)

@@ -1,0 +1,33 @@
+"""asyncio helpers that never lose a cancellation.
+
+On Python 3.11, ``asyncio.timeout`` (and ``asyncio.wait_for``) can swallow a cancel that
+arrives in the same loop turn as the timeout (CPython gh-102780, fixed in 3.12): a loop that
+waits for news with a timeout then goes on running after it was told to stop, and whoever
+awaits it hangs. ``asyncio.wait`` with a timeout has no such race: a timeout is a plain
+return, a cancel is always a CancelledError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:  # noqa: ASYNC109
+    """Wait until ``event`` is set or ``timeout`` seconds pass; True when it was set."""
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+    return event.is_set()
+
+
+def raise_if_cancelled() -> None:
+    """Call at the top of a daemon loop: a cancel requested of this task and swallowed on the
+    way by a library's ``wait_for`` (aiomqtt's publish, the Kubernetes client) still counts
+    in ``Task.cancelling()``; honour it here rather than loop on after being told to stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
