@@ -21,12 +21,14 @@ from coordinator.alerts import Alert, AlertSender
 from coordinator.api import Json, UnknownNode
 from coordinator.audit import AuditLog
 from coordinator.broker_probe import accepts_anonymous
+from coordinator.definitions import terms_json
 from coordinator.feed import HealthFeed, verdict_of
 from coordinator.ingest import BootConflict, IngestGate, Ingestor
 from coordinator.inventory import NodeInventory
 from coordinator.lifecycle import FAULT_STATES, LifecycleConfig, Transition
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import ClusterModel, NodeRecord
+from coordinator.node_story import findings_json, history_json, marks_json
 from coordinator.remediator import RemediationConfig, Remediator
 from coordinator.safety import SafetyGate
 from coordinator.settings import CoordinatorSettings
@@ -39,7 +41,6 @@ from gpuwarden_common.wire import (
     NodeVerdictMessage,
     StateMessage,
     StatusMessage,
-    to_builtins,
 )
 
 log = structlog.get_logger("coordinator")
@@ -301,6 +302,8 @@ class Coordinator:
                         "gpus_unhealthy": c.unhealthy, "gpus_pending_recovery": c.pending_recovery}
                 for itype, c in sorted(cap.by_instance_type.items())
             },
+            # what each number counts, for tooltips and readers of the JSON
+            "definitions": terms_json(),
             "utilization_pct": self._utilization(),
             "remediation_paused": health.remediation_paused,
             "paused_reason": health.paused_reason,
@@ -346,7 +349,9 @@ class Coordinator:
              "processes": g.process_count}
             for g in r.gpus
         ]
-        body["findings"] = [to_builtins(f) for f in r.findings]
+        body["findings"] = findings_json(r.seen_findings)
+        # the newest entries hold the story; task records and successful actions are skipped
+        body["history"] = history_json(self.audit_log.query(node=name, limit=500))
         body["last_event"] = None if r.last_event is None else {
             "code": r.last_event.code, "severity": r.last_event.severity.value,
             "action": r.last_event.action.value, "gpu_index": r.last_event.gpu_index,
@@ -354,6 +359,16 @@ class Coordinator:
         }
         body["driver_version"] = r.driver_version
         return body
+
+    async def marks(self, name: str) -> Json | None:
+        record = self.model.node(name)
+        if record is None:
+            return None
+        try:
+            facts = await self.actuator.node_facts(name)
+        except Exception as exc:  # the cluster's API is down: say so, the rest still reads
+            return {"actuator": self.actuator.name, "error": f"{type(exc).__name__}: {exc}"}
+        return marks_json(facts, record.lifecycle, self.actuator.name)
 
     def audit(self, since: float | None, node: str | None, limit: int) -> list[Json]:
         return [
@@ -366,6 +381,9 @@ class Coordinator:
 
     def teams(self) -> list[Json]:
         return self.governance.teams() if self.governance else []
+
+    def unassigned(self) -> Json | None:
+        return self.governance.unassigned() if self.governance else None
 
     def tasks(self) -> list[Json]:
         return self.governance.tasks() if self.governance else []

@@ -17,7 +17,13 @@ from coordinator.audit import AuditEntry, AuditKind, AuditLog
 from coordinator.governance.policy import Policy
 from coordinator.governance.simcluster import SimCluster, SimEvent
 from coordinator.governance.workload import Workload
-from coordinator.task_governance import Json, classes_json, tasks_json, teams_json
+from coordinator.task_governance import (
+    Json,
+    classes_json,
+    tasks_json,
+    teams_json,
+    unassigned_json,
+)
 
 # what reaches the audit log; arrivals, releases and finishes would drown it
 _AUDITED = {"admit", "preempt", "requeue", "fail", "fault", "repair"}
@@ -73,8 +79,11 @@ class SimGovernor:
     def teams(self) -> list[Json]:
         return teams_json(self.sim.state, self.sim.policy, {})
 
+    def unassigned(self) -> Json:
+        return unassigned_json(self.sim.state, self.sim.policy)
+
     def tasks(self) -> list[Json]:
-        return tasks_json(self.sim.state, self.sim.policy)
+        return tasks_json(self.sim.state, self.sim.policy, self.sim.now)
 
     def priority_classes(self) -> list[Json]:
         return classes_json(self.sim.state, self.sim.policy, self.sim.now)
