@@ -51,12 +51,14 @@ class SimGovernor:
         speed: float = 120.0,
         step_s: float = 0.25,
         clock: Callable[[], float] = time.time,
+        on_line: Callable[[SimLine], None] | None = None,
     ) -> None:
         self.speed = speed
         self._audit = audit
         self._actor = actor
         self._step_s = step_s
         self._clock = clock
+        self._on_line = on_line
         self._out: set[str] = set()
         self.recent: collections.deque[SimLine] = collections.deque(maxlen=200)
         self.counts: collections.Counter[str] = collections.Counter()
@@ -64,8 +66,10 @@ class SimGovernor:
 
     def _on_event(self, event: SimEvent) -> None:
         self.counts[event.kind] += 1
-        self.recent.append(SimLine(self._clock(), event.time, event.kind, event.subject,
-                                   event.detail))
+        line = SimLine(self._clock(), event.time, event.kind, event.subject, event.detail)
+        self.recent.append(line)
+        if self._on_line is not None:
+            self._on_line(line)
         if event.kind in _AUDITED:
             task = None if event.kind in {"fault", "repair"} else event.subject
             self._audit.record(AuditEntry(
