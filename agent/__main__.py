@@ -51,6 +51,8 @@ def nvml_backend(settings: AgentSettings) -> tuple[Any, Any]:
 
 
 async def _amain(settings: AgentSettings) -> int:
+    # one agent per process: every line it logs, from any task or thread, names its node
+    structlog.contextvars.bind_contextvars(node=settings.node)
     nvml, player = nvml_backend(settings)
     try:
         agent = Agent(settings, nvml, boot_id=read_boot_id())
@@ -106,9 +108,11 @@ async def serve_agent(agent: Agent, stop: asyncio.Event, *, say_goodbye: bool = 
     """Run a started agent (NVML up) until ``stop``: publisher, watchers, HTTP, sample loop.
 
     ``say_goodbye=False`` leaves without the offline status, as a crashed or cut-off agent
-    would (the demo uses it to show a node going silent).
+    would (the demo uses it to show a node going silent). Binds ``node`` to the calling task's
+    log context: run it in a task of its own when several agents share a process.
     """
     settings = agent.settings
+    structlog.contextvars.bind_contextvars(node=settings.node)
     spool: Spool = DirectorySpool(settings.spool_dir) if settings.spool_dir else MemorySpool()
     publisher = Publisher(
         settings.broker,

@@ -33,10 +33,12 @@ from coordinator.remediator import RemediationConfig, Remediator
 from coordinator.safety import SafetyGate
 from coordinator.settings import CoordinatorSettings
 from coordinator.task_governance import TaskGovernance
+from gpuwarden_common import logs
 from gpuwarden_common.backoff import backoff_delay
 from gpuwarden_common.health import Severity
 from gpuwarden_common.wire import (
     ClusterHealthMessage,
+    EventKind,
     EventMessage,
     NodeVerdictMessage,
     StateMessage,
@@ -135,8 +137,11 @@ class Coordinator:
             self.remediator.poke(msg.node)
 
     def on_event(self, msg: EventMessage) -> None:
-        log.warning("fault event", node=msg.node, code=msg.code, gpu=msg.gpu_index,
-                    kind=msg.kind.value, message=msg.message, event_id=msg.event_id)
+        # a GPU back to health is news (info), not a fault
+        what = "GPU health changed" if msg.kind is EventKind.HEALTH_CHANGE else "fault event"
+        log.log(logs.level_of(msg.severity), what, node=msg.node, code=msg.code,
+                gpu=msg.gpu_index, kind=msg.kind.value, message=msg.message,
+                event_id=msg.event_id)  # fmt: skip
         if self.model.apply_event(msg, self.clock()):
             self.remediator.poke(msg.node)
 
