@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -24,7 +25,7 @@ from agent.xid_table import XidTableError
 from gpuwarden_common import sdnotify
 from gpuwarden_common.daemon import StartupError, run_daemon, stop_on_signals
 from gpuwarden_common.http import serve
-from gpuwarden_common.wire import encode
+from gpuwarden_common.wire import StateMessage, encode, to_builtins
 
 log = structlog.get_logger("agent")
 
@@ -66,7 +67,7 @@ async def _amain(settings: AgentSettings) -> int:
         player.start()
     if settings.once:
         state, _ = await agent.sample()
-        sys.stdout.write(encode(state).decode() + "\n")
+        sys.stdout.write(once_text(state, terminal=sys.stdout.isatty()))
         return 0
 
     stop = asyncio.Event()
@@ -102,6 +103,14 @@ def _node_identity(settings: AgentSettings, agent: Agent) -> NodeIdentity | None
         raise StartupError(f"--tls-bootstrap {settings.tls_bootstrap}: {exc}") from None
     files = IdentityFiles(Path(settings.broker.tls_cert), Path(settings.broker.tls_ca))
     return NodeIdentity(settings.node, files, client, registry=agent.metrics.registry)
+
+
+def once_text(state: StateMessage, *, terminal: bool) -> str:
+    """``--once``: indented JSON for a person at a terminal, one compact line (the wire form)
+    for a pipe."""
+    if terminal:
+        return json.dumps(to_builtins(state), indent=2) + "\n"
+    return encode(state).decode() + "\n"
 
 
 async def serve_agent(agent: Agent, stop: asyncio.Event, *, say_goodbye: bool = True) -> None:
