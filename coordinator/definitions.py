@@ -47,7 +47,8 @@ TEAM_TERMS = (
         "The quota, scaled down in proportion when healthy capacity is below the sum of "
         "quotas.",
     ),
-    Term("allocated", "Allocated", "GPUs held by the team's admitted and running tasks."),
+    Term("allocated", "Allocated",
+         "GPUs held by the team's admitted, running and still-preempting tasks."),
     Term("in_use", "In use", "GPUs of the team's running tasks."),
     Term("borrowed", "Borrowed", "GPUs the team holds beyond its guarantee."),
     Term("lent", "Lent", "GPUs of the team's idle guarantee that other teams borrow now."),
