@@ -25,7 +25,9 @@ def fetch(base_url: str, path: str, timeout_s: float = 5.0) -> Any:
         body = exc.read().decode(errors="replace")[:200]
         if exc.code == 404:
             raise NotFound(body or f"{url} answered 404") from None
-        raise ApiUnreachable(f"{url} answered {exc.code}: {body}") from None
+        raise ApiUnreachable(
+            f"{url} answered {exc.code}: {body}; the coordinator's log says more"
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         raise ApiUnreachable(
             f"cannot reach the coordinator at {base_url} ({exc}); is it running? "
