@@ -67,8 +67,11 @@ def test_setup_names_the_packages_before_pip_installs_them(tmp_path: Path) -> No
 
 def test_make_test_says_what_it_will_install_before_anything_runs(tmp_path: Path) -> None:
     repo = checkout(tmp_path)
-    # setup.sh would install what is missing for real: a stand-in records it instead
-    (repo / "scripts" / "setup.sh").write_text(RECORDER.replace("/..", "/../.venv"))
+    # setup.sh would install what is missing for real, check-install.sh build wheels: stand-ins
+    # record them instead
+    for script in ("setup.sh", "check-install.sh"):
+        (repo / "scripts" / script).write_text(RECORDER.replace("/..", "/../.venv"))
+        (repo / "scripts" / script).chmod(0o755)
     lines = run(repo, "test.sh").splitlines()
     first = lines[0]
     assert lines[1].startswith("RAN setup.sh")
