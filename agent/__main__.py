@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -24,7 +25,7 @@ from agent.xid_table import XidTableError
 from gpuwarden_common import sdnotify
 from gpuwarden_common.daemon import StartupError, run_daemon, stop_on_signals
 from gpuwarden_common.http import serve
-from gpuwarden_common.wire import encode
+from gpuwarden_common.wire import StateMessage, encode, to_builtins
 
 log = structlog.get_logger("agent")
 
@@ -51,6 +52,8 @@ def nvml_backend(settings: AgentSettings) -> tuple[Any, Any]:
 
 
 async def _amain(settings: AgentSettings) -> int:
+    # one agent per process: every line it logs, from any task or thread, names its node
+    structlog.contextvars.bind_contextvars(node=settings.node)
     nvml, player = nvml_backend(settings)
     try:
         agent = Agent(settings, nvml, boot_id=read_boot_id())
@@ -64,7 +67,7 @@ async def _amain(settings: AgentSettings) -> int:
         player.start()
     if settings.once:
         state, _ = await agent.sample()
-        sys.stdout.write(encode(state).decode() + "\n")
+        sys.stdout.write(once_text(state, terminal=sys.stdout.isatty()))
         return 0
 
     stop = asyncio.Event()
@@ -102,13 +105,23 @@ def _node_identity(settings: AgentSettings, agent: Agent) -> NodeIdentity | None
     return NodeIdentity(settings.node, files, client, registry=agent.metrics.registry)
 
 
+def once_text(state: StateMessage, *, terminal: bool) -> str:
+    """``--once``: indented JSON for a person at a terminal, one compact line (the wire form)
+    for a pipe."""
+    if terminal:
+        return json.dumps(to_builtins(state), indent=2) + "\n"
+    return encode(state).decode() + "\n"
+
+
 async def serve_agent(agent: Agent, stop: asyncio.Event, *, say_goodbye: bool = True) -> None:
     """Run a started agent (NVML up) until ``stop``: publisher, watchers, HTTP, sample loop.
 
     ``say_goodbye=False`` leaves without the offline status, as a crashed or cut-off agent
-    would (the demo uses it to show a node going silent).
+    would (the demo uses it to show a node going silent). Binds ``node`` to the calling task's
+    log context: run it in a task of its own when several agents share a process.
     """
     settings = agent.settings
+    structlog.contextvars.bind_contextvars(node=settings.node)
     spool: Spool = DirectorySpool(settings.spool_dir) if settings.spool_dir else MemorySpool()
     publisher = Publisher(
         settings.broker,

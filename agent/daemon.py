@@ -30,6 +30,7 @@ from agent.settings import AgentSettings
 from agent.verdict import Verdict, apply_verdict
 from agent.xid_events import XidEventWatcher
 from agent.xid_table import XidHistory, XidTable
+from gpuwarden_common import logs
 from gpuwarden_common.health import Action, Finding, Health, Severity, severity_of_health
 from gpuwarden_common.wire import (
     EventKind,
@@ -97,7 +98,11 @@ class Agent:
     # --- start and stop -----------------------------------------------------------------
     async def start_nvml(self) -> None:
         """Initialise NVML off the loop; raises NvmlUnavailable with one clear line."""
-        await asyncio.wait_for(asyncio.to_thread(self.collector.start), self._deadline.collect_s)
+        # the node names the lines NVML start-up logs, whoever starts this agent
+        with structlog.contextvars.bound_contextvars(node=self.settings.node):
+            await asyncio.wait_for(
+                asyncio.to_thread(self.collector.start), self._deadline.collect_s
+            )
 
     def start_watchers(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -215,8 +220,10 @@ class Agent:
 
     def _send_event(self, **fields: Any) -> None:
         msg = EventMessage(**self.stamp.next(), **fields)
-        log.warning(
-            "fault", kind=msg.kind.value, code=msg.code, gpu=msg.gpu_index, message=msg.message,
+        what = "GPU health changed" if msg.kind is EventKind.HEALTH_CHANGE else "fault"
+        log.log(
+            logs.level_of(msg.severity), what,
+            kind=msg.kind.value, code=msg.code, gpu=msg.gpu_index, message=msg.message,
             event_id=msg.event_id,
         )  # fmt: skip
         if self.publisher is not None:
@@ -343,7 +350,8 @@ class Agent:
                 self.publisher.publish_state(encode(state))
                 next_publish = now + self.settings.interval_s
                 if changed:
-                    log.info("node health", health=state.health.value, action=state.action.value)
+                    log.log(logs.level_of(severity_of_health(state.health)), "node health",
+                            health=state.health.value, action=state.action.value)  # fmt: skip
             if self.publisher is not None:
                 self.metrics.spool_depth.set(self.publisher.spool_depth())
                 self.metrics.spool_dropped.set(self.publisher.spool_dropped())

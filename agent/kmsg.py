@@ -22,6 +22,7 @@ from typing import Protocol
 import structlog
 
 from agent.sample import BusFault, XidEvent
+from gpuwarden_common import logs
 
 log = structlog.get_logger(__name__)
 
@@ -220,7 +221,8 @@ class KmsgFollower:
             return False
         self._stop.clear()
         self._thread = threading.Thread(
-            target=self._run, args=(source,), name="kmsg-follower", daemon=True
+            target=logs.in_this_context(self._run), args=(source,), name="kmsg-follower",
+            daemon=True,
         )
         self._thread.start()
         return True

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import structlog
 
 from agent.sample import XidEvent
+from gpuwarden_common import logs
 
 log = structlog.get_logger(__name__)
 
@@ -128,7 +129,9 @@ class XidEventWatcher:
         if not self._active:
             log.warning("xid_events_none_registered", hint="XIDs come from the kernel log only")
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="xid-events", daemon=True)
+        self._thread = threading.Thread(
+            target=logs.in_this_context(self._run), name="xid-events", daemon=True
+        )
         self._thread.start()
         return True
 

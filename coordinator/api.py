@@ -25,8 +25,16 @@ class ApiBackend(Protocol):
     def cluster(self) -> Json: ...
     def nodes(self) -> list[Json]: ...
     def node(self, name: str) -> Json | None: ...
+    async def marks(self, name: str) -> Json | None:
+        """What the cluster shows on the node now (None: no such node)."""
+        ...
+
     def audit(self, since: float | None, node: str | None, limit: int) -> list[Json]: ...
     def teams(self) -> list[Json]: ...
+    def unassigned(self) -> Json | None:
+        """Capacity outside every quota (None: governance off)."""
+        ...
+
     def tasks(self) -> list[Json]: ...
     def priority_classes(self) -> list[Json]: ...
     async def clear(self, node: str, actor: str, reason: str) -> Json:
@@ -102,6 +110,12 @@ def build_app(
             raise web.HTTPNotFound(text=f"no node {req.match_info['name']!r} is known")
         return web.json_response(found)
 
+    async def marks(req: web.Request) -> web.Response:
+        found = await backend.marks(req.match_info["name"])
+        if found is None:
+            raise web.HTTPNotFound(text=f"no node {req.match_info['name']!r} is known")
+        return web.json_response(found)
+
     async def audit(req: web.Request) -> web.Response:
         limit_raw = req.query.get("limit", "200")
         # isdigit() alone takes "²", which int() refuses: ASCII digits only
@@ -111,7 +125,7 @@ def build_app(
         return web.json_response({"entries": entries})
 
     async def teams(_: web.Request) -> web.Response:
-        return web.json_response({"teams": backend.teams()})
+        return web.json_response({"teams": backend.teams(), "unassigned": backend.unassigned()})
 
     async def tasks(_: web.Request) -> web.Response:
         return web.json_response({"tasks": backend.tasks()})
@@ -161,6 +175,7 @@ def build_app(
     r.add_get("/api/v1/cluster", cluster)
     r.add_get("/api/v1/nodes", nodes)
     r.add_get("/api/v1/nodes/{name}", node)
+    r.add_get("/api/v1/nodes/{name}/marks", marks)
     r.add_get("/api/v1/audit", audit)
     r.add_get("/api/v1/teams", teams)
     r.add_get("/api/v1/tasks", tasks)

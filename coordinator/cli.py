@@ -6,13 +6,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from coordinator import client
+from coordinator import client, views
+from coordinator.tables import Table, show
 
 if TYPE_CHECKING:
     from coordinator.governance.policy import Policy
@@ -22,9 +26,9 @@ USAGE = """usage: gpuwarden <command> [options]
 commands:
   coordinator        run the coordinator daemon (gpuwarden coordinator --help)
   status             cluster capacity summary, from the coordinator's API
-  nodes              node table, from the coordinator's API
-  teams              team quotas and usage, from the coordinator's API
-  tasks              tasks per priority class, from the coordinator's API
+  nodes [NAME]       node table; with NAME, one node's story (findings, history, marks)
+  teams              team quotas, borrowing and lending, from the coordinator's API
+  tasks              tasks with their state, team, class and times, from the API
   policy check FILE  validate a governance policy file without running anything
   checkpoint         record a training checkpoint on this pod (run inside a task's pod)
   demo               run the whole system on this machine with a simulated fleet
@@ -39,20 +43,67 @@ def _api_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def _read(prog: str, argv: Sequence[str], path: str,
-          render: Callable[[Console, Any], None]) -> int:
-    args = _api_parser(f"gpuwarden {prog}").parse_args(list(argv))
+# A loader asks the API and returns its JSON (what --json prints) and the tables of it.
+Loader = Callable[[str, str | None], tuple[Any, list[Table]]]
+
+
+def _read(prog: str, argv: Sequence[str], load: Loader, *, takes_name: bool = False) -> int:
+    parser = _api_parser(f"gpuwarden {prog}")
+    if takes_name:
+        parser.add_argument("name", nargs="?", metavar="NAME",
+                            help="one node: its findings, history and marks")  # fmt: skip
+    args = parser.parse_args(list(argv))
     try:
-        data = client.fetch(args.api, path)
+        data, view = load(args.api, getattr(args, "name", None))
+    except client.NotFound as exc:
+        print(f"gpuwarden {prog}: {exc}; `gpuwarden {prog}` lists what the coordinator knows",
+              file=sys.stderr)  # fmt: skip
+        return 1
     except client.ApiUnreachable as exc:
         print(f"gpuwarden {prog}: {exc}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
+        return 0
+    # a terminal gets tables that fit it; a pipe gets every column, tab-separated
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    lines = show(view, width)
+    if width is None:
+        for line in lines:
+            print(line.plain)
     else:
-        # piped output keeps whole columns (rich would squeeze tables to 80 characters)
-        render(Console() if sys.stdout.isatty() else Console(width=200), data)
+        console = Console(highlight=False)
+        for line in lines:
+            console.print(line, soft_wrap=True)
     return 0
+
+
+def _status(api: str, _: str | None) -> tuple[Any, list[Table]]:
+    cluster = client.fetch(api, "/api/v1/cluster")
+    return cluster, views.status_view(cluster)
+
+
+def _nodes(api: str, name: str | None) -> tuple[Any, list[Table]]:
+    if name is None:
+        nodes = client.fetch(api, "/api/v1/nodes")
+        return nodes, views.nodes_view(nodes["nodes"], time.time())
+    quoted = urllib.parse.quote(name, safe="")
+    node = client.fetch(api, f"/api/v1/nodes/{quoted}")
+    try:
+        marks = client.fetch(api, f"/api/v1/nodes/{quoted}/marks")
+    except client.ApiUnreachable as exc:  # the story reads without them
+        marks = {"actuator": "?", "error": str(exc)}
+    return {**node, "marks": marks}, views.node_story_view(node, marks, time.time())
+
+
+def _teams(api: str, _: str | None) -> tuple[Any, list[Table]]:
+    teams = client.fetch(api, "/api/v1/teams")
+    return teams, views.teams_view(teams["teams"], teams.get("unassigned"))
+
+
+def _tasks(api: str, _: str | None) -> tuple[Any, list[Table]]:
+    tasks = client.fetch(api, "/api/v1/tasks")
+    return tasks, views.tasks_view(tasks["tasks"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,17 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from coordinator.__main__ import main as run_coordinator  # noqa: PLC0415
 
         return run_coordinator(rest, prog="gpuwarden coordinator")
-    if command == "status":
-        return _read(command, rest, "/api/v1/cluster", client.render_status)
-    if command == "nodes":
-        return _read(command, rest, "/api/v1/nodes",
-                     lambda c, d: client.render_nodes(c, d["nodes"]))
-    if command == "teams":
-        return _read(command, rest, "/api/v1/teams",
-                     lambda c, d: client.render_rows(c, "teams", d["teams"]))
-    if command == "tasks":
-        return _read(command, rest, "/api/v1/tasks",
-                     lambda c, d: client.render_rows(c, "tasks", d["tasks"]))
+    readers: dict[str, Loader] = {
+        "status": _status, "nodes": _nodes, "teams": _teams, "tasks": _tasks,
+    }  # fmt: skip
+    if command in readers:
+        return _read(command, rest, readers[command], takes_name=command == "nodes")
     if command == "demo":
         from coordinator.demo import main as demo  # noqa: PLC0415
 

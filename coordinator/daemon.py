@@ -21,26 +21,29 @@ from coordinator.alerts import Alert, AlertSender
 from coordinator.api import Json, UnknownNode
 from coordinator.audit import AuditLog
 from coordinator.broker_probe import accepts_anonymous
+from coordinator.definitions import terms_json
 from coordinator.feed import HealthFeed, verdict_of
 from coordinator.ingest import BootConflict, IngestGate, Ingestor
 from coordinator.inventory import NodeInventory
 from coordinator.lifecycle import FAULT_STATES, LifecycleConfig, Transition
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import ClusterModel, NodeRecord
+from coordinator.node_story import findings_json, history_json, marks_json
 from coordinator.remediator import RemediationConfig, Remediator
 from coordinator.safety import SafetyGate
 from coordinator.settings import CoordinatorSettings
 from coordinator.task_governance import TaskGovernance
+from gpuwarden_common import logs
 from gpuwarden_common.aio import raise_if_cancelled
 from gpuwarden_common.backoff import backoff_delay
 from gpuwarden_common.health import Severity
 from gpuwarden_common.wire import (
     ClusterHealthMessage,
+    EventKind,
     EventMessage,
     NodeVerdictMessage,
     StateMessage,
     StatusMessage,
-    to_builtins,
 )
 
 log = structlog.get_logger("coordinator")
@@ -135,8 +138,11 @@ class Coordinator:
             self.remediator.poke(msg.node)
 
     def on_event(self, msg: EventMessage) -> None:
-        log.warning("fault event", node=msg.node, code=msg.code, gpu=msg.gpu_index,
-                    kind=msg.kind.value, message=msg.message, event_id=msg.event_id)
+        # a GPU back to health is news (info), not a fault
+        what = "GPU health changed" if msg.kind is EventKind.HEALTH_CHANGE else "fault event"
+        log.log(logs.level_of(msg.severity), what, node=msg.node, code=msg.code,
+                gpu=msg.gpu_index, kind=msg.kind.value, message=msg.message,
+                event_id=msg.event_id)  # fmt: skip
         if self.model.apply_event(msg, self.clock()):
             self.remediator.poke(msg.node)
 
@@ -304,6 +310,8 @@ class Coordinator:
                         "gpus_unhealthy": c.unhealthy, "gpus_pending_recovery": c.pending_recovery}
                 for itype, c in sorted(cap.by_instance_type.items())
             },
+            # what each number counts, for tooltips and readers of the JSON
+            "definitions": terms_json(),
             "utilization_pct": self._utilization(),
             "remediation_paused": health.remediation_paused,
             "paused_reason": health.paused_reason,
@@ -349,7 +357,9 @@ class Coordinator:
              "processes": g.process_count}
             for g in r.gpus
         ]
-        body["findings"] = [to_builtins(f) for f in r.findings]
+        body["findings"] = findings_json(r.seen_findings)
+        # the newest entries hold the story; task records and successful actions are skipped
+        body["history"] = history_json(self.audit_log.query(node=name, limit=500))
         body["last_event"] = None if r.last_event is None else {
             "code": r.last_event.code, "severity": r.last_event.severity.value,
             "action": r.last_event.action.value, "gpu_index": r.last_event.gpu_index,
@@ -357,6 +367,16 @@ class Coordinator:
         }
         body["driver_version"] = r.driver_version
         return body
+
+    async def marks(self, name: str) -> Json | None:
+        record = self.model.node(name)
+        if record is None:
+            return None
+        try:
+            facts = await self.actuator.node_facts(name)
+        except Exception as exc:  # the cluster's API is down: say so, the rest still reads
+            return {"actuator": self.actuator.name, "error": f"{type(exc).__name__}: {exc}"}
+        return marks_json(facts, record.lifecycle, self.actuator.name)
 
     def audit(self, since: float | None, node: str | None, limit: int) -> list[Json]:
         return [
@@ -369,6 +389,9 @@ class Coordinator:
 
     def teams(self) -> list[Json]:
         return self.governance.teams() if self.governance else []
+
+    def unassigned(self) -> Json | None:
+        return self.governance.unassigned() if self.governance else None
 
     def tasks(self) -> list[Json]:
         return self.governance.tasks() if self.governance else []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import signal
 import socket
 import sys
@@ -34,14 +35,15 @@ from agent.settings import parse_settings as parse_agent_settings
 from agent.sim.fake_pynvml import FakeNvml
 from coordinator.__main__ import static_dir
 from coordinator.api import build_app
-from coordinator.audit import AuditLog
+from coordinator.audit import AuditKind, AuditLog
 from coordinator.daemon import Coordinator
+from coordinator.demo_lines import governance_line, lifecycle_line
 from coordinator.embedded_broker import EmbeddedBroker
 from coordinator.governance.policy import load_policy
 from coordinator.governance.workload import load_workload
 from coordinator.local_actuator import LocalActuator
 from coordinator.settings import parse_settings as parse_coordinator_settings
-from coordinator.sim_governor import SimGovernor
+from coordinator.sim_governor import SimGovernor, SimLine
 from gpuwarden_common import logs
 from gpuwarden_common.daemon import StartupError
 from gpuwarden_common.http import serve
@@ -117,11 +119,15 @@ class FleetNode:
 class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        # a state directory the demo made for itself is its own to remove if it never ran
+        self.owns_state_dir = not args.state
         self.state_dir = Path(args.state or tempfile.mkdtemp(prefix="gpuwarden-demo-"))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.port = args.broker_port or _free_port()
         self.broker_url = f"mqtt://127.0.0.1:{self.port}"
-        self.started = 0.0
+        self.started = time.monotonic()  # the time axis of every line; reset as the fleet starts
+        self.running = False
+        self._told_id = 0  # the last audit entry --no-live has told
         self.said: list[tuple[float, str]] = []
         self.fleet: dict[str, FleetNode] = {}
 
@@ -129,6 +135,38 @@ class Demo:
         self.said.append((time.monotonic() - self.started, text))
         if not self.args.live:
             print(f"[{time.monotonic() - self.started:6.1f}s] {text}", flush=True)
+
+    def discard_state(self) -> None:
+        """After a failed start: leave no temporary directory behind (never one given with
+        ``--state``)."""
+        if self.owns_state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _on_sim_line(self, line: SimLine) -> None:
+        told = governance_line(line)
+        if told is not None and not self.args.live:
+            # a requeue follows the node decision that caused it: tell that one first
+            self._tell_decisions()
+            self.say(told)
+
+    def _tell_decisions(self) -> None:
+        """``--no-live``: one line per lifecycle decision not told yet, from the audit log
+        (a local SQLite read of a few rows: quick enough for the demo's event loop)."""
+        for entry in sorted(self.audit.query(kind=AuditKind.DECISION, limit=500),
+                            key=lambda e: e.id):  # fmt: skip
+            if entry.id <= self._told_id:
+                continue
+            self._told_id = entry.id
+            told = lifecycle_line({"kind": entry.kind.value, "details": entry.details,
+                                   "node": entry.node, "action": entry.action,
+                                   "reason": entry.reason, "dry_run": entry.dry_run})  # fmt: skip
+            if told is not None:
+                self.say(told)
+
+    async def _narrate(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self._tell_decisions()
 
     async def run(self, stop: asyncio.Event) -> int:
         policy = load_policy(DATA / "demo-policy.yaml")
@@ -141,8 +179,9 @@ class Demo:
         )
         broker = EmbeddedBroker("127.0.0.1", self.port)
         await broker.start()
-        audit = AuditLog(self.state_dir / "audit.sqlite3", durable=False)
-        governor = SimGovernor(policy, workload, audit, "demo-coordinator", speed=self.args.speed)
+        audit = self.audit = AuditLog(self.state_dir / "audit.sqlite3", durable=False)
+        governor = SimGovernor(policy, workload, audit, "demo-coordinator", speed=self.args.speed,
+                               on_line=self._on_sim_line)
         coordinator = Coordinator(
             settings, actuator=LocalActuator(self.state_dir / "marks.json"), audit=audit,
             governance=governor,
@@ -156,7 +195,7 @@ class Demo:
                                 static_dir=static_dir())
                 runner = await serve(app, settings.http)
             tasks.append(asyncio.create_task(coordinator.run(), name="coordinator"))
-            self.started = time.monotonic()
+            self.started, self.running = time.monotonic(), True
             nodes = workload.cluster.node_names()
             self.say(f"starting {len(nodes)} simulated nodes x 8 GPUs on {self.broker_url}")
             for name in nodes:
@@ -168,6 +207,8 @@ class Demo:
             tasks.append(asyncio.create_task(self._play(), name="schedule"))
             if self.args.live:
                 tasks.append(asyncio.create_task(self._live(url, stop), name="live-view"))
+            else:
+                tasks.append(asyncio.create_task(self._narrate(), name="narrator"))
             deadline = self.args.duration
             waiter = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([waiter, *tasks[:1]], timeout=deadline,
@@ -177,7 +218,8 @@ class Demo:
                     raise t.exception()  # type: ignore[misc]
             waiter.cancel()
         finally:
-            self.say("stopping")
+            if self.running:
+                self.say("stopping")
             stop.set()
             # the coordinator first: agents saying goodbye must not read as silent nodes
             for t in tasks:
@@ -257,15 +299,14 @@ class Demo:
         events.add_column("t", justify="right")
         events.add_column("event")
         lines = list(self.said)
-        lines += [(self._since(line.at),
-                   f"[sim {line.sim_s / 3600:4.1f}h] {line.kind} {line.subject}: {line.detail}")
-                  for line in self.governor.recent if line.kind in
-                  {"preempt", "requeue", "fail", "fault", "repair"}]
+        for sim in self.governor.recent:
+            told = governance_line(sim)
+            if told is not None:
+                lines.append((self._since(sim.at), told))
         for entry in self.coordinator.audit(None, None, 40):
-            if entry["kind"] == "decision" and "target" in entry["details"]:  # lifecycle only
-                lines.append((self._since(entry["ts"]),
-                              f"coordinator: {entry['node']} -> {entry['action']} "
-                              f"({entry['reason'][:70]})"))
+            told = lifecycle_line(entry)
+            if told is not None:
+                lines.append((self._since(entry["ts"]), told))
         for when, what in sorted(lines)[-14:]:
             events.add_row(f"{when:5.0f}s", Text(what[:130]))
         return Group(head, nodes, teams, classes, events)
@@ -304,8 +345,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     demo = Demo(args)
-    log_file = (demo.state_dir / "demo.log").open("a")
-    logs.configure("info", json=True, file=log_file)
 
     async def amain() -> int:
         stop = asyncio.Event()
@@ -315,9 +354,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return await demo.run(stop)
 
     try:
-        return asyncio.run(amain())
+        with (demo.state_dir / "demo.log").open("a") as log_file:
+            logs.configure("info", json=True, file=log_file)
+            return asyncio.run(amain())
     except StartupError as exc:
+        demo.discard_state()
         print(f"gpuwarden demo: {exc}", file=sys.stderr)
         return 2
-    finally:
-        log_file.close()

@@ -86,7 +86,13 @@ from coordinator.pods import (
     format_time,
     group_by_task,
 )
-from coordinator.task_governance import Json, classes_json, tasks_json, teams_json
+from coordinator.task_governance import (
+    Json,
+    classes_json,
+    tasks_json,
+    teams_json,
+    unassigned_json,
+)
 from gpuwarden_common.aio import raise_if_cancelled, wait_event
 
 log = structlog.get_logger("coordinator.governance")
@@ -242,8 +248,11 @@ class KubeGovernor:
     def teams(self) -> list[Json]:
         return teams_json(self.state, self.policy, {})
 
+    def unassigned(self) -> Json:
+        return unassigned_json(self.state, self.policy)
+
     def tasks(self) -> list[Json]:
-        return tasks_json(self.state, self.policy)
+        return tasks_json(self.state, self.policy, self._clock())
 
     def priority_classes(self) -> list[Json]:
         return classes_json(self.state, self.policy, self._clock())

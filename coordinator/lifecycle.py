@@ -45,6 +45,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from coordinator.actuators import NodeFacts, NodeMark
+from coordinator.findings import SeenFinding, fault_summary
 from gpuwarden_common.health import Action, Health
 
 
@@ -162,6 +163,10 @@ class NodeView(Protocol):
     def hold(self) -> bool: ...
     @property
     def clear_requested(self) -> bool: ...
+    @property
+    def seen_findings(self) -> tuple[SeenFinding, ...]:
+        """The current findings, with when each was first seen: what a reason names."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +296,11 @@ def _fault(node: NodeView, now: float, config: LifecycleConfig) -> Transition | 
         target, reason = Lifecycle.PENDING_REBOOT, Reason.FAULT_REBOOT
     else:
         target, reason = Lifecycle.UNSCHEDULABLE, Reason.FAULT
-    text = f"agent reports {node.health.value}, action {node.action.value}"
+    # "XID 79 on GPU 2 at 14:02 UTC" says what broke; the fallback is for a fault known
+    # only from the health (a report whose findings were all cut, a restored node)
+    text = fault_summary(node.seen_findings) or (
+        f"agent reports {node.health.value}, action {node.action.value}"
+    )
     if target is not Lifecycle.PENDING_REPLACEMENT and _refault(node, now, config):
         hours = config.refault_window_s / 3600
         return _move(

@@ -6,13 +6,9 @@ only what decisions, the API and governance read is kept (never whole pydantic m
 ``ok`` findings are dropped (the health already says them), and each record keeps its GPU
 counts so that :meth:`ClusterModel.capacity` is one pass over nodes, not GPUs.
 
-Capacity puts every GPU in exactly one bucket, so the totals always add up:
-
-- ``pending_recovery``: every GPU of a node that is out of service (whatever its own health);
-- ``healthy``: a GPU of an in-service node whose health is healthy or degraded (degraded is
-  schedulable, warn only);
-- ``unhealthy``: any other GPU of an in-service node: unhealthy, unknown, lost, or expected
-  by the agent (``gpus_expected``) but missing from its report.
+Capacity puts every GPU in exactly one bucket, so the totals always add up; the buckets are
+defined, in the words the API, dashboard and docs use, in :mod:`coordinator.definitions`
+(``_Tally.add`` is their one implementation). Degraded GPUs are healthy: schedulable, warn only.
 
 A ``suspect`` node is in service: its GPUs count by their last reported health, so a broker
 outage, which silences everyone at once, does not shrink capacity and set off preemption.
@@ -32,6 +28,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from coordinator.actuators import NodeFacts
+from coordinator.findings import SeenFinding, after_event, after_report
 from coordinator.lifecycle import (
     IN_SERVICE,
     OUT_OF_SERVICE,
@@ -131,6 +128,7 @@ class NodeRecord:
     gpus: tuple[GpuView, ...] = ()
     gpus_expected: int | None = None
     findings: tuple[Finding, ...] = ()  # the non-ok ones
+    seen_findings: tuple[SeenFinding, ...] = ()  # the same, with first seen and count
     gpus_total: int = 0
     gpus_serviceable: int = 0
     healthy_since: float | None = None
@@ -243,6 +241,7 @@ class ClusterModel:
         record.gpus = tuple(GpuView.of(g) for g in msg.gpus)
         record.gpus_expected = msg.gpus_expected
         record.findings = tuple(f for f in msg.findings if f.severity is not Severity.OK)
+        record.seen_findings = after_report(record.seen_findings, record.findings, now)
         self._count_gpus(record)
         if msg.health in SERVICEABLE:
             if record.healthy_since is None:
@@ -274,6 +273,12 @@ class ClusterModel:
         self._alive(record, msg.boot_id, now)
         record.events_total += 1
         record.last_event = LastEvent(msg.code, msg.severity, msg.action, msg.gpu_index, now)
+        if msg.kind is not EventKind.HEALTH_CHANGE and msg.severity is not Severity.OK:
+            record.seen_findings = after_event(
+                record.seen_findings, code=msg.code, gpu_index=msg.gpu_index,
+                check=msg.kind.value, severity=msg.severity, action=msg.action,
+                message=msg.message, now=now,
+            )
         if (
             msg.kind is not EventKind.HEALTH_CHANGE
             and msg.severity is Severity.CRITICAL

@@ -17,7 +17,13 @@ from coordinator.audit import AuditEntry, AuditKind, AuditLog
 from coordinator.governance.policy import Policy
 from coordinator.governance.simcluster import SimCluster, SimEvent
 from coordinator.governance.workload import Workload
-from coordinator.task_governance import Json, classes_json, tasks_json, teams_json
+from coordinator.task_governance import (
+    Json,
+    classes_json,
+    tasks_json,
+    teams_json,
+    unassigned_json,
+)
 
 # what reaches the audit log; arrivals, releases and finishes would drown it
 _AUDITED = {"admit", "preempt", "requeue", "fail", "fault", "repair"}
@@ -45,12 +51,14 @@ class SimGovernor:
         speed: float = 120.0,
         step_s: float = 0.25,
         clock: Callable[[], float] = time.time,
+        on_line: Callable[[SimLine], None] | None = None,
     ) -> None:
         self.speed = speed
         self._audit = audit
         self._actor = actor
         self._step_s = step_s
         self._clock = clock
+        self._on_line = on_line
         self._out: set[str] = set()
         self.recent: collections.deque[SimLine] = collections.deque(maxlen=200)
         self.counts: collections.Counter[str] = collections.Counter()
@@ -58,8 +66,10 @@ class SimGovernor:
 
     def _on_event(self, event: SimEvent) -> None:
         self.counts[event.kind] += 1
-        self.recent.append(SimLine(self._clock(), event.time, event.kind, event.subject,
-                                   event.detail))
+        line = SimLine(self._clock(), event.time, event.kind, event.subject, event.detail)
+        self.recent.append(line)
+        if self._on_line is not None:
+            self._on_line(line)
         if event.kind in _AUDITED:
             task = None if event.kind in {"fault", "repair"} else event.subject
             self._audit.record(AuditEntry(
@@ -73,8 +83,11 @@ class SimGovernor:
     def teams(self) -> list[Json]:
         return teams_json(self.sim.state, self.sim.policy, {})
 
+    def unassigned(self) -> Json:
+        return unassigned_json(self.sim.state, self.sim.policy)
+
     def tasks(self) -> list[Json]:
-        return tasks_json(self.sim.state, self.sim.policy)
+        return tasks_json(self.sim.state, self.sim.policy, self.sim.now)
 
     def priority_classes(self) -> list[Json]:
         return classes_json(self.sim.state, self.sim.policy, self.sim.now)

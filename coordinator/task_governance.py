@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from coordinator.governance.observe import class_summaries, team_summaries
+from coordinator.governance.observe import class_summaries, team_summaries, unassigned_summary
 from coordinator.governance.policy import Policy
-from coordinator.governance.tasks import GovernanceState
+from coordinator.governance.tasks import GovernanceState, Task, TaskState
 
 Json = dict[str, Any]
 
 
 class TaskGovernance(Protocol):
     def teams(self) -> list[Json]: ...
+    def unassigned(self) -> Json:
+        """Capacity outside every team's guarantee, and how much of it borrowers use."""
+        ...
+
     def tasks(self) -> list[Json]: ...
     def priority_classes(self) -> list[Json]: ...
 
@@ -47,6 +51,13 @@ def teams_json(state: GovernanceState, policy: Policy, utilization: dict[str, fl
     ]
 
 
+def unassigned_json(state: GovernanceState, policy: Policy) -> Json:
+    """The line under the teams that makes their numbers add up: borrowed GPUs come from
+    lending teams (their ``lent``) or from here (``used``)."""
+    line = unassigned_summary(state, team_summaries(state, policy))
+    return {"gpus": line.gpus, "used": line.used, "idle": line.gpus - line.used}
+
+
 def classes_json(state: GovernanceState, policy: Policy, now: float) -> list[Json]:
     weights = policy.class_weights()
     return [
@@ -61,7 +72,9 @@ def classes_json(state: GovernanceState, policy: Policy, now: float) -> list[Jso
     ]
 
 
-def tasks_json(state: GovernanceState, policy: Policy) -> list[Json]:
+def tasks_json(state: GovernanceState, policy: Policy, now: float | None = None) -> list[Json]:
+    """``now`` (the governance clock) adds ``waited_s`` (queued to admitted, or to now while
+    waiting) and ``running_s`` (started to now) so that readers need not know that clock."""
     out = []
     for task in sorted(state.tasks.values(), key=lambda t: (t.queued_at, t.key)):
         team = policy.team_for_namespace(task.namespace)
@@ -73,5 +86,17 @@ def tasks_json(state: GovernanceState, policy: Policy) -> list[Json]:
             "last_checkpoint": task.last_checkpoint, "requeues": task.requeue_count,
             "times_preempted": task.times_preempted, "preempted_by": task.preempted_by,
             "nodes": dict(task.placement), "reason": task.reason,
+            "waited_s": _waited(task, now), "running_s": _running(task, now),
         })
     return out
+
+
+def _waited(task: Task, now: float | None) -> float | None:
+    end = task.admitted_at if task.admitted_at is not None else now
+    return None if end is None else round(max(0.0, end - task.queued_at), 1)
+
+
+def _running(task: Task, now: float | None) -> float | None:
+    if now is None or task.started_at is None or task.state is not TaskState.RUNNING:
+        return None
+    return round(max(0.0, now - task.started_at), 1)

@@ -12,6 +12,15 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # verifies th
 # kubectl kustomize renders every overlay of deploy/kubernetes (components need kubectl 1.21+;
 # Debian 12's kubernetes-client is 1.20, so a newer kubectl already on PATH is kept)
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+
+# say the plan first: what gets installed where, then what runs
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt_plan="apt (as root): ${need_apt[*]}"
+else
+  apt_plan="apt: nothing (mosquitto, chromium, openssl, systemd and kubectl are here)"
+fi
+echo "==> make test will install: $apt_plan; pip: gpuwarden and its test tools into .venv" \
+  "(only when pyproject.toml changed); then run ruff, mypy --strict and pytest"
 scripts/setup.sh "${need_apt[@]}"
 
 echo "==> ruff"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import pty
 import socket
 import subprocess
 import sys
@@ -63,3 +67,37 @@ def test_an_http_port_in_use_is_one_line_that_says_what_to_do() -> None:
     last = done.stderr.strip().splitlines()[-1]
     assert f"--http 127.0.0.1:{port}: cannot listen" in last and "--http off" in last
     assert "Traceback" not in done.stderr
+
+
+def test_once_on_a_terminal_prints_indented_json() -> None:
+    controller, terminal = pty.openpty()
+    with os.fdopen(controller, "rb", buffering=0) as screen:
+        done = subprocess.run(
+            [sys.executable, "-m", "agent", "--http", "off", "--kmsg", "off", "--once",
+             "--gpu-backend", "sim", "--node", "n1"],
+            stdout=terminal, stderr=subprocess.DEVNULL, timeout=60, check=False,
+        )  # fmt: skip
+        os.close(terminal)
+        shown = _read_all(screen).decode().replace("\r\n", "\n")
+    assert done.returncode == 0
+    assert shown.startswith('{\n  "')
+    assert json.loads(shown)["node"] == "n1"
+
+
+def test_once_into_a_pipe_prints_one_line_of_json() -> None:
+    done = _agent("--once", "--gpu-backend", "sim", "--node", "n1")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1
+
+
+def _read_all(screen: io.RawIOBase) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = screen.read(65536)
+        except OSError:  # EIO: the writing side is closed and everything was read
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -7,6 +7,7 @@ API's JSON shapes together.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections.abc import AsyncIterator
@@ -16,10 +17,12 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from coordinator.api import ApiBackend, Json, UnknownNode, build_app
+from coordinator.api import ApiBackend, Handler, Json, UnknownNode, build_app
+from coordinator.definitions import GPU_BUCKETS, GPUS_TOTAL, UNASSIGNED, terms_json
 from tests.cdp import CHROMIUM, CdpConnection, Page, chromium
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -92,6 +95,7 @@ def _cluster() -> Json:
             "p5.48xlarge": {"nodes": 3, "gpus_total": 24, "gpus_healthy": 15,
                             "gpus_unhealthy": 1, "gpus_pending_recovery": 8},
         },
+        "definitions": terms_json(),
         "utilization_pct": 63.5,
         "remediation_paused": True,
         "paused_reason": PAUSED_REASON,
@@ -104,10 +108,10 @@ def _cluster() -> Json:
 
 def _teams() -> list[Json]:
     return [
-        {"name": "research", "namespace": "research", "quota": 16, "allocated": 20,
-         "in_use": 18, "borrowed": 4, "lent": 0, "utilization_pct": 71.25},
-        {"name": "inference", "namespace": "serving", "quota": 8, "allocated": 2,
-         "in_use": 1, "borrowed": 0, "lent": 3, "utilization_pct": None},
+        {"name": "research", "namespace": "research", "quota": 16, "guarantee": 16,
+         "allocated": 20, "in_use": 18, "borrowed": 4, "lent": 0, "utilization_pct": 71.25},
+        {"name": "inference", "namespace": "serving", "quota": 8, "guarantee": 8,
+         "allocated": 2, "in_use": 1, "borrowed": 0, "lent": 3, "utilization_pct": None},
     ]  # fmt: skip
 
 
@@ -152,7 +156,12 @@ def _detail(node: Json) -> Json:
     body["findings"] = (
         [{"check": "xid", "severity": "critical", "code": "XID-79",
           "message": "GPU has fallen off the bus", "action": "reboot", "gpu_index": 3,
-          "unknown": False}]
+          "unknown": False, "first_seen": NOW - 180, "count": 2}]
+        if broken else []
+    )  # fmt: skip
+    body["history"] = (
+        [{"ts": NOW - 170, "event": "healthy -> pending-reboot", "actor": "coordinator-0",
+          "reason": "fault-needs-reboot: XID 79 on GPU 3 at 23:57 UTC", "dry_run": True}]
         if broken else []
     )  # fmt: skip
     body["last_event"] = (
@@ -171,6 +180,9 @@ class FakeBackend:
     cluster_body: Json = field(default_factory=_cluster)
     node_rows: list[Json] = field(default_factory=_fleet)
     team_rows: list[Json] = field(default_factory=_teams)
+    unassigned_line: Json | None = field(
+        default_factory=lambda: {"gpus": 4, "used": 1, "idle": 3}
+    )
     class_rows: list[Json] = field(default_factory=_classes)
     audit_rows: list[Json] = field(default_factory=_audit)
     audit_limits: list[int] = field(default_factory=list)
@@ -196,6 +208,9 @@ class FakeBackend:
         found = [n for n in self.node_rows if n["name"] == name]
         return _detail(found[0]) if found else None
 
+    async def marks(self, name: str) -> Json | None:
+        return None
+
     def audit(self, since: float | None, node: str | None, limit: int) -> list[Json]:
         self._answer()
         self.audit_limits.append(limit)
@@ -204,6 +219,9 @@ class FakeBackend:
     def teams(self) -> list[Json]:
         self._answer()
         return copy.deepcopy(self.team_rows)
+
+    def unassigned(self) -> Json | None:
+        return copy.deepcopy(self.unassigned_line)
 
     def tasks(self) -> list[Json]:
         return []
@@ -373,8 +391,9 @@ async def test_clicking_a_node_row_shows_its_gpus_findings_and_last_event(
     assert gpus[3][:4] == ["3", "GPU-0003", "unhealthy (lost)", "reboot"]
     assert gpus[0][4:] == ["50.0%", "40.0 / 80.0 GiB", "1"]
     assert await _rows(dashboard, "detail-findings") == [
-        ["xid", "critical", "XID-79", "3", "reboot", "GPU has fallen off the bus"]
-    ]
+        ["3", "XID-79", "critical", "reboot", "2025-12-31 23:57:00", "2",
+         "GPU has fallen off the bus", "xid"]
+    ]  # fmt: skip
     assert await _text(dashboard, "detail-last-event") == (
         "Last fault event: XID-79 (critical, action reboot) on GPU 3 at 2025-12-31 23:58:00"
     )
@@ -429,12 +448,43 @@ async def test_a_node_name_with_a_script_tag_is_shown_as_text_and_never_run(
     assert injected == 0
 
 
-async def test_teams_table_shows_each_team(dashboard: Page, backend: FakeBackend) -> None:
+async def test_teams_table_shows_each_team_and_the_unassigned_line(
+    dashboard: Page, backend: FakeBackend
+) -> None:
     assert await _rows(dashboard, "teams-table") == [
-        ["research", "research", "16", "20", "18", "4", "0", "71.3%"],
-        ["inference", "serving", "8", "2", "1", "0", "3", BLANK],
+        ["research", "research", "16", "16", "20", "18", "4", "0", "71.3%"],
+        ["inference", "serving", "8", "8", "2", "1", "0", "3", BLANK],
+        ["(unassigned)", BLANK, BLANK, "4", "1", BLANK, BLANK, "1", BLANK],
     ]
     assert not await _visible(dashboard, "teams-off")
+
+
+async def test_the_teams_lent_column_adds_up_to_the_borrowed_one(dashboard: Page) -> None:
+    assert await _text(dashboard, "teams-balance") == (
+        "Borrowed 4 = lent by teams 3 + unassigned in use 1"
+    )
+    title = await dashboard.evaluate(
+        "document.querySelector('#teams-table tbody tr:last-child td').title"
+    )
+    assert title == UNASSIGNED.definition
+
+
+async def test_gpu_numbers_are_labelled_and_defined_in_tooltips_from_the_api(
+    dashboard: Page,
+) -> None:
+    tiles = await dashboard.evaluate(
+        "[...document.querySelectorAll('#cluster dt[data-term]')]"
+        ".map((dt) => [dt.textContent, dt.title])"
+    )
+    assert tiles == [[t.label, t.definition] for t in (GPUS_TOTAL, *GPU_BUCKETS)]
+
+
+async def test_a_node_detail_shows_its_lifecycle_history(dashboard: Page) -> None:
+    await _click_node(dashboard, "gpu-a-02")
+    assert await _rows(dashboard, "detail-history") == [
+        ["2025-12-31 23:57:10", "healthy -> pending-reboot (dry-run)", "coordinator-0",
+         "fault-needs-reboot: XID 79 on GPU 3 at 23:57 UTC"],
+    ]  # fmt: skip
 
 
 async def test_priority_classes_table_shows_counts_and_times(dashboard: Page) -> None:
@@ -535,3 +585,34 @@ async def test_a_failing_api_shows_a_stale_banner_and_keeps_the_last_data(
     assert "HTTP 500" in await _text(dashboard, "api-error")
     assert await _text(dashboard, "stat-gpus-total") == "28"
     assert await _text(dashboard, "freshness") == "stale"
+
+
+async def test_until_the_coordinator_first_answers_the_page_says_it_is_loading(
+    browser: CdpConnection, backend: FakeBackend
+) -> None:
+    answer = asyncio.Event()
+
+    @web.middleware
+    async def hold_the_api(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/api/"):
+            await answer.wait()
+        return await handler(request)
+
+    app = build_app(backend, CollectorRegistry(), api_token=None, static_dir=str(STATIC_DIR))
+    app.middlewares.append(hold_the_api)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    page = await browser.new_page()
+    try:
+        await page.navigate(str(server.make_url("/")))
+        assert await _visible(page, "loading")
+        assert (await _text(page, "loading")).startswith("Loading: asking the coordinator")
+        assert not await _visible(page, "content")  # no dash in every field meanwhile
+        answer.set()
+        await page.wait_for("document.getElementById('content').offsetParent !== null")
+        assert not await _visible(page, "loading")
+        assert await _text(page, "stat-gpus-total") == "28"
+        assert page.errors == []
+    finally:
+        await browser.close_page(page)
+        await server.close()

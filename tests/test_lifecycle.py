@@ -17,7 +17,7 @@ from coordinator.lifecycle import (
     decide,
 )
 from coordinator.model import ClusterModel, NodeRecord
-from gpuwarden_common.health import Action, Health
+from gpuwarden_common.health import Action, Finding, Health, Severity
 from tests.test_model import state
 
 CONFIG = LifecycleConfig(offline_grace_s=60, recovery_stable_s=300, refault_window_s=24 * 3600)
@@ -426,3 +426,21 @@ def test_an_operator_clear_returns_any_node_out_to_service_at_once(lifecycle: Li
 def test_config_rejects_a_non_positive_duration() -> None:
     with pytest.raises(ValueError, match="recovery_stable_s"):
         LifecycleConfig(recovery_stable_s=0)
+
+
+# -- reasons an operator reads ------------------------------------------------------------
+
+
+def test_a_node_out_for_an_xid_gives_the_xid_the_gpu_and_the_time_as_its_reason() -> None:
+    at_1402 = 1_767_276_120.0  # 2026-01-01 14:02:00 UTC
+    xid = Finding(check="xid", severity=Severity.CRITICAL, code="XID-79",
+                  message="XID 79: GPU has fallen off the bus", action=Action.REBOOT,
+                  gpu_index=2)  # fmt: skip
+    model = ClusterModel()
+    model.apply_state(state(health=Health.UNHEALTHY, action=Action.REBOOT, findings=[xid]),
+                      now=at_1402)  # fmt: skip
+    record = model.node("gpu-1")
+    assert record is not None
+    t = decide(record, READY, at_1402 + 1, CONFIG)
+    assert t is not None and t.target is Lifecycle.PENDING_REBOOT
+    assert t.message == "XID 79 on GPU 2 at 14:02 UTC"

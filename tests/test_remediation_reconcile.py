@@ -6,6 +6,7 @@ per fact, one finish per started action."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +45,8 @@ from tests.fakekube import FakeKube, running_fake_kube
 
 TAINT = {"key": "gpuwarden.io/unhealthy", "effect": "NoSchedule"}
 PENDING_REBOOT = "UnschedulablePendingReboot"
-FAULT_TEXT = "agent reports unhealthy, action reboot"
+# the reason the fleet's XID 79 on GPU 0 gives, at whatever time the test runs
+FAULT_TEXT = re.compile(r"XID 79 on GPU 0 at \d\d:\d\d UTC")
 # A decision round is a second long: waiting this long shows nothing more is coming.
 QUIET_S = 2.0
 EVENTS = f"/api/v1/namespaces/{LEASE_NAMESPACE}/events"
@@ -119,7 +121,7 @@ async def test_a_mark_that_failed_before_a_crash_is_applied_after_the_restart(
             lifecycle = await second.api.lifecycle("gpu-1")
 
     assert lifecycle == "pending-reboot"
-    assert _gpu_conditions(kube, "gpu-1")[0]["message"] == FAULT_TEXT
+    assert FAULT_TEXT.fullmatch(_gpu_conditions(kube, "gpu-1")[0]["message"])
 
 
 async def _until_acting(candidate: ElectedCoordinator) -> None:
@@ -170,9 +172,9 @@ async def test_a_new_leader_finishes_a_mark_its_predecessor_died_in_the_middle_o
 
     assert standby_acting
     [condition] = _gpu_conditions(kube, "gpu-1")
-    assert condition["message"] == FAULT_TEXT
+    assert FAULT_TEXT.fullmatch(condition["message"])
     [event] = _events(kube, "gpu-1")
-    assert FAULT_TEXT in event["message"]
+    assert FAULT_TEXT.search(event["message"])
 
 
 @pytest.mark.broker
@@ -212,7 +214,7 @@ async def test_a_coordinator_killed_during_the_event_post_gets_the_one_event_in_
             audit = await second.api.audit("gpu-1")
 
     [event] = _events(kube, "gpu-1")
-    assert FAULT_TEXT in event["message"]
+    assert FAULT_TEXT.search(event["message"])
     started, finished = _pairs(audit)
     assert sorted(f for f in finished if f is not None) == started  # each start closed once
     assert [e["action"] for e in audit if e["kind"] == "decision"] == ["pending-reboot"]

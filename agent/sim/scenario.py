@@ -21,6 +21,7 @@ import structlog
 import yaml
 
 from agent.sim.fake_pynvml import FAULT_KINDS
+from gpuwarden_common import logs
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +126,8 @@ class ScenarioPlayer:
         if self._thread is not None:
             raise RuntimeError("ScenarioPlayer.start() called twice")
         self._thread = threading.Thread(
-            target=self._play, args=(time.monotonic(),), name="scenario", daemon=True
+            target=logs.in_this_context(self._play), args=(time.monotonic(),), name="scenario",
+            daemon=True,
         )
         self._thread.start()
 

@@ -7,6 +7,7 @@ times; these are the numbers behind such views.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coordinator.governance.fairshare import scaled_guarantees
@@ -47,10 +48,7 @@ class ClassSummary:
 def team_summaries(state: GovernanceState, policy: Policy) -> list[TeamSummary]:
     """One line per team in policy order. Borrowing is first served from GPUs no team owns,
     then attributed to lending teams in proportion to their idle guarantee."""
-    capacity = state.capacity
-    healthy = (
-        sum(capacity.by_node.values()) if capacity.by_node is not None else capacity.healthy_gpus
-    )
+    healthy = healthy_gpus(state)
     guarantees = scaled_guarantees([team.quota.gpus for team in policy.teams], healthy)
     index_of = {team.namespace: index for index, team in enumerate(policy.teams)}
     allocated = [0] * len(policy.teams)
@@ -84,6 +82,29 @@ def team_summaries(state: GovernanceState, policy: Policy) -> list[TeamSummary]:
         )
         for index, team in enumerate(policy.teams)
     ]
+
+
+def healthy_gpus(state: GovernanceState) -> int:
+    """The healthy capacity the guarantees are shares of."""
+    capacity = state.capacity
+    return sum(capacity.by_node.values()) if capacity.by_node is not None else capacity.healthy_gpus
+
+
+@dataclass(frozen=True)
+class UnassignedSummary:
+    """Capacity outside every team's guarantee: where borrowing is served from first."""
+
+    gpus: int
+    """Healthy GPUs beyond the sum of the guarantees."""
+    used: int
+    """Of those, GPUs that borrowing teams hold now. With the teams' ``lent``, this is what
+    they borrowed: ``sum(borrowed) == sum(lent) + used``."""
+
+
+def unassigned_summary(state: GovernanceState, teams: Sequence[TeamSummary]) -> UnassignedSummary:
+    """The unassigned line below :func:`team_summaries`' ``teams``."""
+    gpus = max(0, healthy_gpus(state) - sum(t.guarantee for t in teams))
+    return UnassignedSummary(gpus=gpus, used=min(gpus, sum(t.borrowed for t in teams)))
 
 
 def _attribute_lending(

@@ -20,6 +20,7 @@
     lastSuccess: null, // Date of the last poll in which every request answered
     failingSince: null,
     serverNow: null, // the coordinator's clock at the last cluster answer: ages use it, not ours
+    terms: {}, // what each number means, by API field: the cluster answer's definitions
   };
 
   const $ = (id) => {
@@ -121,6 +122,18 @@
     $(id).textContent = text(value);
   }
 
+  // Labels and tooltips of every [data-term] element, from the API's definitions: the words
+  // live once, in coordinator/definitions.py.
+  function applyTerms(definitions) {
+    state.terms = definitions;
+    for (const element of document.querySelectorAll("[data-term]")) {
+      const term = definitions[element.dataset.term];
+      if (!term) continue;
+      if (element.textContent !== term.label) element.textContent = term.label;
+      element.title = term.definition;
+    }
+  }
+
   function setBadge(id, label, tone) {
     const badge = $(id);
     badge.textContent = label;
@@ -132,6 +145,7 @@
 
   function renderCluster(c) {
     state.serverNow = typeof c.ts === "number" ? c.ts : Date.now() / 1000;
+    applyTerms(c.definitions || {});
     setText("cluster-name", c.cluster);
     document.title = `gpuwarden · ${text(c.cluster)}`;
     if (c.leader) setBadge("badge-leader", "leader", "");
@@ -254,12 +268,14 @@
 
     const findings = node.findings || [];
     fillTable("detail-findings", findings, (f) => [
-      f.check,
-      { text: f.unknown ? `${f.severity} (unknown)` : f.severity, health: severityClass(f) },
-      f.code,
       { text: f.gpu_index ?? "host", num: true },
+      f.code,
+      { text: f.unknown ? `${f.severity} (unknown)` : f.severity, health: severityClass(f) },
       { text: f.action, muted: f.action === "none" },
+      { text: clock(f.first_seen), title: age(f.first_seen) },
+      { text: f.count, num: true },
       f.message,
+      f.check,
     ]);
     show("detail-findings", findings.length > 0);
     show("detail-no-findings", findings.length === 0);
@@ -270,6 +286,16 @@
         `${typeof ev.gpu_index === "number" ? ` on GPU ${ev.gpu_index}` : " on the host"}` +
         ` at ${clock(ev.at)}`
       : "No fault event recorded.";
+
+    const history = node.history || [];
+    fillTable("detail-history", history, (h) => [
+      clock(h.ts),
+      h.dry_run ? `${h.event} (dry-run)` : h.event,
+      h.actor,
+      h.reason,
+    ]);
+    show("detail-history", history.length > 0);
+    show("detail-no-history", history.length === 0);
   }
 
   function healthClass(health) {
@@ -280,19 +306,44 @@
     return finding.unknown ? "unknown" : SEVERITY_CLASSES[finding.severity] || "unknown";
   }
 
-  function renderTeams(teams) {
+  function renderTeams(teams, unassigned) {
     show("teams-table", teams.length > 0);
     show("teams-off", teams.length === 0);
-    fillTable("teams-table", teams, (t) => [
+    const rows = teams.map((t) => [
       t.name,
       t.namespace,
       { text: t.quota, num: true },
+      { text: t.guarantee, num: true },
       { text: t.allocated, num: true },
       { text: t.in_use, num: true },
       { text: t.borrowed, num: true },
       { text: t.lent, num: true },
       { text: percent(t.utilization_pct), num: true },
     ]);
+    // capacity outside every quota lends too: with it, Lent sums to Borrowed
+    const balanced = unassigned && teams.length > 0;
+    if (balanced) {
+      const none = { text: null, num: true };
+      rows.push([
+        { text: "(unassigned)", muted: true, title: (state.terms.unassigned || {}).definition },
+        null,
+        none,
+        { text: unassigned.gpus, num: true },
+        { text: unassigned.used, num: true },
+        none,
+        none,
+        { text: unassigned.used, num: true },
+        none,
+      ]);
+    }
+    fillTable("teams-table", rows, (cells) => cells);
+    show("teams-balance", Boolean(balanced));
+    if (balanced) {
+      const sum = (key) => teams.reduce((total, t) => total + (t[key] || 0), 0);
+      $("teams-balance").textContent =
+        `Borrowed ${sum("borrowed")} = lent by teams ${sum("lent")} + ` +
+        `unassigned in use ${unassigned.used}`;
+    }
   }
 
   function renderClasses(classes) {
@@ -439,7 +490,7 @@
   const PANELS = [
     ["/api/v1/cluster", (body) => renderCluster(body)],
     ["/api/v1/nodes", (body) => renderNodes(body.nodes || [])],
-    ["/api/v1/teams", (body) => renderTeams(body.teams || [])],
+    ["/api/v1/teams", (body) => renderTeams(body.teams || [], body.unassigned || null)],
     ["/api/v1/priority-classes", (body) => renderClasses(body.priorityClasses || [])],
     [`/api/v1/audit?limit=${AUDIT_LIMIT}`, (body) => renderAudit(body.entries || [])],
   ];
@@ -467,12 +518,20 @@
       if (answer.status === "fulfilled") PANELS[i][1](answer.value);
       else failures.push(String(answer.reason && answer.reason.message));
     });
+    if (answers.some((answer) => answer.status === "fulfilled")) showContent();
     try {
       await refreshDetail();
     } catch (error) {
       failures.push(String(error && error.message));
     }
     reportFreshness(failures);
+  }
+
+  // Until the coordinator first answers, the page says it is loading instead of showing a
+  // dash in every field.
+  function showContent() {
+    show("content", true);
+    show("loading", false);
   }
 
   function reportFreshness(failures) {
