@@ -641,7 +641,7 @@ class _Round:
             pods = self._pods[task.pod_gpus] = PodShape.of(task.pod_gpus)
         room = Room(self.slots, self.nodes, pods)
         for placement in self.leaving.get(task.key, ()):
-            room.add(placement)
+            room.add_in_flight(placement)
         return room
 
     def _could_free_on(self, book: _Book, *, own_allowed: bool) -> Mapping[str, int]:

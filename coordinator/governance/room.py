@@ -51,6 +51,9 @@ class Room:
         self.smallest = pods.smallest
         self._leaving: dict[str, int] = {}
         """GPUs per node that will be free once the victims tried so far are gone."""
+        self._in_flight: dict[str, int] = {}
+        """Of those, the GPUs of the preemptor's victims already leaving: no candidate is
+        among them, so they add to what the candidates could free (see :meth:`may_help`)."""
         # Pod-sized slots now, plus what the leaving GPUs add (uniform pods only). Counted at
         # the first fit (many rooms never get that far), and only until the pods fit:
         # leaving GPUs only ever add slots, so more changes nothing.
@@ -65,15 +68,29 @@ class Room:
     def may_help(self, placement: Mapping[str, int]) -> bool:
         """Whether freeing that task's GPUs could ever matter: some node of it could hold
         the smallest pod once every candidate there were gone. A task on nodes that never
-        could is not worth trying: it would only be pruned again."""
-        healthy, free, leaving = self._healthy, self._free, self._leaving
+        could is not worth trying: it would only be pruned again.
+
+        A node counts its free GPUs, those of the preemptor's victims in flight and those
+        of every candidate on it. The candidates tried so far are among the latter, so
+        they are not counted again: counted twice, a node of seven borrowed GPUs looked
+        able to hold eight, and every preemptor tried every task on it."""
+        healthy, free, in_flight = self._healthy, self._free, self._in_flight
         could = self._could_free_on
         for node, gpus in placement.items():
             if gpus <= 0 or node not in healthy:
                 continue
-            if free.get(node, 0) + leaving.get(node, 0) + could.get(node, 0) >= self.smallest:
+            if free.get(node, 0) + in_flight.get(node, 0) + could.get(node, 0) >= self.smallest:
                 return True
         return False
+
+    def add_in_flight(self, placement: Mapping[str, int]) -> None:
+        """A victim already preempted for this preemptor, still leaving: its GPUs will be
+        free for it, as :meth:`add`'s are."""
+        self.add(placement)
+        in_flight, healthy = self._in_flight, self._healthy
+        for node, gpus in placement.items():
+            if gpus > 0 and node in healthy:
+                in_flight[node] = in_flight.get(node, 0) + gpus
 
     # add, remove and fits run for every victim tried and pruned (thousands in a round):
     # each does its own arithmetic rather than call a shared helper.
@@ -182,14 +199,13 @@ class Reach:
         """True when, for every such preemptor, no node of the task (``placement``, its
         GPUs per node) can reach the smallest pod in :meth:`Room.may_help`. There a node
         counts its free GPUs, which only shrink in a round; the GPUs of every candidate on
-        it; and those leaving for the room: the preemptor's victims in flight, and the
-        candidates it has tried, this task not among them (so those are counted twice at
-        most)."""
+        it; and those of the preemptor's victims in flight, at most every victim in flight
+        on it."""
         free, could, in_flight = self._free, self._could_free_on, self._in_flight_on
         for node, gpus in placement.items():
             if gpus <= 0 or node not in self._healthy:
                 continue
-            most = free.get(node, 0) + 2 * could.get(node, 0) - gpus + in_flight.get(node, 0)
+            most = free.get(node, 0) + could.get(node, 0) + in_flight.get(node, 0)
             if most >= self._smallest:
                 return False
         return True
