@@ -11,7 +11,7 @@ engine.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -40,6 +40,8 @@ class Victim:
     read them."""
     rank: int = 0
     """Place in its list (victim order)."""
+    listed: int = -1
+    """Which list it was made from: -1 for the borrowed tasks, else its team's index."""
 
 
 class CandidateOrder:
@@ -132,6 +134,8 @@ class _Skips:
 
     def find(self, rank: int) -> int:
         nxt = self._next
+        if nxt[rank] == rank:
+            return rank
         while nxt[rank] != rank:
             nxt[rank] = nxt[nxt[rank]]
             rank = nxt[rank]
@@ -149,20 +153,21 @@ class _Skips:
 
 
 class CandidateList:
-    """Candidates in victim order, read by rank, dead ones skipped; where each one's GPUs
-    are, for the slot index; what of it is still alive on each node."""
+    """Candidates in victim order, read by rank, dead ones skipped; and, built when first
+    asked for (many rounds never ask), where each one's GPUs are and what of them is still
+    alive on each node."""
 
-    def __init__(self, taken: set[str]) -> None:
+    def __init__(self, taken: set[str], key: int) -> None:
         self._taken = taken
         """Keys of the victims taken this round, in any list (a task can be in two: borrowed,
         and in its own team's list)."""
+        self.key = key
+        """Which list: -1 for the borrowed tasks, else the team's index."""
         self.tasks: list[Task] = []
         self.dead: list[bool] = []
-        self.rank_of: dict[str, int] = {}
-        self.on_node: dict[str, list[int]] = {}
-        """Ranks of the candidates with GPUs on each node, in order."""
-        self.alive_on: dict[str, int] = {}
-        """GPUs of the live candidates on each node."""
+        self._rank_of: dict[str, int] | None = None
+        self._on_node: dict[str, list[int]] | None = None
+        self._alive_on: dict[str, int] = {}
         self._skips = _Skips()
 
     def ranked(self) -> int:
@@ -183,17 +188,41 @@ class CandidateList:
     def walk(self, rank: int, below: int) -> Iterator[int]:
         """Live ranks from ``rank`` on, ordering more of the list (below priority
         ``below``) as it is reached."""
+        find = self._skips.find
+        tasks = self.tasks
         while True:
-            rank = self.next_alive(rank)
-            if rank < len(self.tasks):
+            rank = find(rank)
+            if rank < len(tasks):
                 yield rank
                 rank += 1
             elif not self.build_next_level(below):
                 return
 
+    def rank_of(self, key: str) -> int | None:
+        ranks = self._rank_of
+        if ranks is None:
+            ranks = self._rank_of = {task.key: rank for rank, task in enumerate(self.tasks)}
+        return ranks.get(key)
+
+    @property
+    def on_node(self) -> Mapping[str, list[int]]:
+        """Ranks of the candidates with GPUs on each node, in order."""
+        if self._on_node is None:
+            self._on_node = {}
+            self._index_nodes(0)
+        return self._on_node
+
+    @property
+    def alive_on(self) -> Mapping[str, int]:
+        """GPUs of the live candidates on each node (a view, kept current)."""
+        if self._on_node is None:
+            self._on_node = {}
+            self._index_nodes(0)
+        return self._alive_on
+
     def kill(self, rank: int) -> list[str]:
         """The candidate is taken (or its team no longer lends it): skipped from now on.
-        Returns its nodes, whose room changed."""
+        Returns its nodes, whose room changed (none while nodes are not indexed)."""
         if self.dead[rank]:
             return []
         self.dead[rank] = True
@@ -215,22 +244,35 @@ class CandidateList:
         self.tasks.extend(tasks)
         self.dead.extend([False] * len(tasks))
         self._skips.grow(len(self.tasks))
-        on_node, alive_on, rank_of = self.on_node, self.alive_on, self.rank_of
+        ranks = self._rank_of
+        taken = self._taken
         for rank, task in enumerate(tasks, start):
-            rank_of[task.key] = rank
-            for node, gpus in task.placement.items():
+            if ranks is not None:
+                ranks[task.key] = rank
+            if task.key in taken:
+                self.dead[rank] = True
+                self._skips.kill(rank)
+        if self._on_node is not None:
+            self._index_nodes(start)
+
+    def _index_nodes(self, start: int) -> None:
+        on_node, alive_on, tasks, dead = self._on_node, self._alive_on, self.tasks, self.dead
+        assert on_node is not None
+        for rank in range(start, len(tasks)):
+            for node, gpus in tasks[rank].placement.items():
                 if gpus > 0:
                     on_node.setdefault(node, []).append(rank)
-                    alive_on[node] = alive_on.get(node, 0) + gpus
-            if task.key in self._taken:
-                self.kill(rank)
+                    if not dead[rank]:
+                        alive_on[node] = alive_on.get(node, 0) + gpus
 
     def _count(self, rank: int, sign: int) -> list[str]:
+        if self._on_node is None:
+            return []
         nodes = []
-        alive_on = self.alive_on
+        alive_on = self._alive_on
         for node, gpus in self.tasks[rank].placement.items():
             if gpus > 0:
-                alive_on[node] += sign * gpus
+                alive_on[node] = alive_on.get(node, 0) + sign * gpus
                 nodes.append(node)
         return nodes
 
@@ -242,7 +284,7 @@ class BorrowedVictims(CandidateList):
     def __init__(
         self, books: list[Book], order: CandidateOrder, levels_of: list[Levels], taken: set[str]
     ) -> None:
-        super().__init__(taken)
+        super().__init__(taken, -1)
         victims: list[Victim] = []
         for book, levels in zip(books, levels_of, strict=True):
             if book.borrowed > 0:
@@ -251,13 +293,7 @@ class BorrowedVictims(CandidateList):
         for rank, victim in enumerate(victims):
             victim.rank = rank
         self._victims = victims
-        self.by_lender: dict[int, list[int]] = {}
-        for victim in victims:
-            self.by_lender.setdefault(victim.book.index, []).append(victim.rank)
         self._append([victim.task for victim in victims])
-        for book in books:
-            if book.index in self.by_lender and not book.beyond:
-                self.lend(book, False)
 
     def victim_at(self, rank: int) -> Victim:
         return self._victims[rank]
@@ -266,7 +302,7 @@ class BorrowedVictims(CandidateList):
         """The team moved across its guarantee: its borrowed tasks are reclaimable again
         (``beyond``) or no longer. Returns the nodes whose room changed."""
         nodes: list[str] = []
-        ranks = self.by_lender.get(book.index, [])
+        ranks = [victim.rank for victim in self._victims if victim.book is book]
         if beyond:
             for rank in ranks:
                 nodes.extend(self._revive(rank))
@@ -310,7 +346,7 @@ class OwnVictims(CandidateList):
     and more garbage collections."""
 
     def __init__(self, levels: Levels, book: Book, order: CandidateOrder, taken: set[str]) -> None:
-        super().__init__(taken)
+        super().__init__(taken, book.index)
         self._levels = levels
         self._book = book
         self._order = order
@@ -346,6 +382,7 @@ class OwnVictims(CandidateList):
                 self._effective[rank],
                 self._work[rank],
                 rank,
+                self.key,
             )
         return victim
 

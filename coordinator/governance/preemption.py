@@ -45,6 +45,10 @@ from coordinator.governance.tasks import Task
 ANY = 1 << 62
 """A priority above every class weight and boost: "no bound"."""
 
+SHORT_WALK = 48
+"""Candidates a room step looks at one by one before it reads slot events instead: room is
+usually near, and then walking costs less than keeping events."""
+
 
 @dataclass(slots=True)
 class Choice:
@@ -99,6 +103,17 @@ class _Trial:
     """How many slots they bring."""
     mixed: bool = False
     """A room step read slot events for pods of several sizes."""
+    reached: Mapping[int, tuple[int, set[str]]] | None = None
+    """When the borrowed tasks made room, read from slot events: per pod size, the rank
+    where its slots were enough and the nodes gaining them."""
+    last: int = -1
+    """The rank where the pods fit."""
+    borrowed_ranks: set[int] = field(default_factory=set)
+    """The borrowed candidates the room step took."""
+    fell_short: bool = False
+    """The room step read slot events and the borrowed tasks could not make room."""
+    late: bool = False
+    """Borrowed victims were taken after the team's own: the victims are out of order."""
 
 
 class VictimSearch:
@@ -128,6 +143,8 @@ class VictimSearch:
         self._indexed_upto: dict[tuple[int, int], int] = {}
         """How many ranks of its list each index has seen."""
         self._with_own_on: dict[int, dict[str, int]] = {}
+        self._failed_walks: dict[int, int] = {}
+        """Short room walks that failed in a row, per list."""
 
     # -- the lists ------------------------------------------------------------------------------
 
@@ -170,14 +187,16 @@ class VictimSearch:
     def take(self, victim: Victim) -> None:
         """The victim is preempted: out of every list, its GPUs out of its team's."""
         self.taken.add(victim.key)
-        changed: list[str] = []
-        lists: list[CandidateList] = list(self._own.values())
-        if self._borrowed is not None:
-            lists.append(self._borrowed)
-        for listing in lists:
-            rank = listing.rank_of.get(victim.key)
+        # Its own list, by its rank; the other list it may be in (borrowed tasks are also
+        # in their team's own list, if that was made), by its key.
+        listed = self._borrowed if victim.listed < 0 else self._own[victim.listed]
+        assert listed is not None
+        changed = listed.kill(victim.rank)
+        other = self._own.get(victim.book.index) if victim.listed < 0 else self._borrowed
+        if other is not None:
+            rank = other.rank_of(victim.key)
             if rank is not None:
-                changed.extend(listing.kill(rank))
+                changed.extend(other.kill(rank))
         self.nodes_changed(changed)
         if self._books.change_used(victim.book, -victim.gpus):
             self.lender_moved(victim.book)
@@ -231,9 +250,11 @@ class VictimSearch:
         self._reclaim_into(choice, trial)
         if may_preempt_own(book) and not choice.complete:
             self._own_into(choice, trial)
+            if trial.reached is not None:
+                self._add_borrowed_under_own(choice, trial)
         if not choice.complete:
             return None
-        chosen = _reclaim_first(choice.chosen, book)
+        chosen = _reclaim_first(choice.chosen, book) if trial.late else choice.chosen
         kept = pruned(chosen, book, choice.left_free, choice.left_quota, room)
         if trial.mixed and room is not None and room.short_of_gpus_only:
             # The pods' one-GPU slots were short: those can be anywhere, so the room step
@@ -244,36 +265,55 @@ class VictimSearch:
     def _reclaim_into(self, choice: Choice, trial: _Trial) -> None:
         borrowed, book = self.borrowed(), trial.book
         preempted_by = trial.task.preempted_by
-        for rank in borrowed.walk(0, ANY):
-            victim = borrowed.victim_at(rank)
+        # Every preemptor of the round starts here: a plain loop over the live ranks.
+        next_alive, victim_at, end = borrowed.next_alive, borrowed.victim_at, borrowed.ranked()
+        rank = next_alive(0)
+        while rank < end:
             if choice.left_free <= 0:
                 trial.resume = rank
                 break
+            victim = victim_at(rank)
             if _may_reclaim(victim, book, preempted_by, choice.lowered):
                 choice.take(victim, own=False)
+            rank = next_alive(rank + 1)
         room = choice.room
         if trial.resume is None or room is None or choice.fitted:
             return
-        if not trial.walk and room.needs and not _used_up(choice.lowered, self._books):
-            self._reclaim_room_from_events(choice, trial, room)
-        else:
+        events = not trial.walk and room.needs and not _used_up(choice.lowered, self._books)
+        # Room is usually near: a short walk finds it at less cost than reading events,
+        # until short walks keep failing in this round.
+        limit = self._walk_limit(-1) if events else None
+        if limit != 0 and self._reclaim_room_by_walking(choice, trial, room, limit):
             trial.walked = True
-            self._reclaim_room_by_walking(choice, trial, room)
+            self._walked(-1, True)
+        else:
+            self._walked(-1, False)
+            self._reclaim_room_from_events(choice, trial, room)
 
-    def _reclaim_room_by_walking(self, choice: Choice, trial: _Trial, room: Room) -> None:
+    def _reclaim_room_by_walking(
+        self, choice: Choice, trial: _Trial, room: Room, limit: int | None
+    ) -> bool:
+        """The room step as the rule reads; False (and nothing taken) when more than
+        ``limit`` candidates would be looked at."""
         borrowed, book = self.borrowed(), trial.book
         room.rule_out(self._could_free_on(book))
         preempted_by = trial.task.preempted_by
         lowered = dict(choice.lowered)  # who is beyond its guarantee is settled by step 1
         assert trial.resume is not None
-        for rank in borrowed.walk(trial.resume, ANY):
+        taken: list[Victim] = []
+        for looked, rank in enumerate(borrowed.walk(trial.resume, ANY)):
             if choice.fitted:
                 break
+            if limit is not None and looked >= limit:
+                _untake(choice, taken, own=False)
+                return False
             victim = borrowed.victim_at(rank)
             if room.may_help(victim.task.placement) and _may_reclaim(
                 victim, book, preempted_by, lowered
             ):
                 choice.take(victim, own=False)
+                taken.append(victim)
+        return True
 
     def _reclaim_room_from_events(self, choice: Choice, trial: _Trial, room: Room) -> None:
         """The pods fit first at the latest of the ranks where each size has its slots;
@@ -300,10 +340,14 @@ class VictimSearch:
                         raise _Detour
                     return  # not even every borrowed task would make room
                 trial.gaining, trial.events = {node for _, node in found}, len(found)
+                trial.fell_short = True
                 return  # the team's own tasks may still make room; the borrowed ones join then
+            trial.last = max(trial.last, found[need - 1][0])
             if not (trial.mixed and size == 1):
                 reached[size] = (found[need - 1][0], {node for _, node in found})
+        trial.reached = reached
         for rank in _needed_ranks(borrowed, reached, trial.resume, deviations):
+            trial.borrowed_ranks.add(rank)
             choice.take(borrowed.victim_at(rank), own=False)
         if not choice.fitted:
             if room.short_of_gpus_only:
@@ -329,16 +373,44 @@ class VictimSearch:
         if resume is None or room is None or choice.fitted:
             self._add_borrowed_room(choice, trial, set())
             return
-        if trial.walk or trial.walked or not room.size or _used_up(choice.lowered, self._books):
-            room.rule_out(self._could_free_on(book))
-            for rank in own.walk(resume, base):
-                victim = own.victim_at(rank)
-                if choice.fitted or victim.effective >= base:
-                    break
-                if victim.key != preempted_by and room.may_help(victim.task.placement):
-                    choice.take(victim, own=True)
+        events = not (trial.walk or trial.walked or not room.size) and not _used_up(
+            choice.lowered, self._books
+        )
+        # After borrowed tasks read from events fell short, those are not taken yet: a walk
+        # would not see their room.
+        limit = self._walk_limit(book.index) if events else None
+        if (
+            not trial.fell_short
+            and limit != 0
+            and self._own_room_by_walking(choice, trial, resume, limit)
+        ):
+            self._walked(book.index, True)
             return
+        self._walked(book.index, False)
         self._own_room_from_events(choice, trial, room, own, resume, base)
+
+    def _own_room_by_walking(
+        self, choice: Choice, trial: _Trial, resume: int, limit: int | None
+    ) -> bool:
+        """As :meth:`_reclaim_room_by_walking`, over the team's own tasks."""
+        book, room = trial.book, choice.room
+        assert room is not None
+        own = self.own(book)
+        base = self._priorities.base(trial.task)
+        preempted_by = trial.task.preempted_by
+        room.rule_out(self._could_free_on(book))
+        taken: list[Victim] = []
+        for looked, rank in enumerate(own.walk(resume, base)):
+            victim = own.victim_at(rank)
+            if choice.fitted or victim.effective >= base:
+                break
+            if limit is not None and looked >= limit:
+                _untake(choice, taken, own=True)
+                return False
+            if victim.key != preempted_by and room.may_help(victim.task.placement):
+                choice.take(victim, own=True)
+                taken.append(victim)
+        return True
 
     def _own_room_from_events(
         self, choice: Choice, trial: _Trial, room: Room, own: OwnVictims, resume: int, base: int
@@ -369,18 +441,43 @@ class VictimSearch:
             choice.take(own.victim_at(rank), own=True)
         assert choice.fitted, "slot events and the room disagree"
 
-    def _add_borrowed_room(self, choice: Choice, trial: _Trial, also: set[str]) -> None:
-        """After a room step over the borrowed tasks that read slot events and fell short,
-        the borrowed candidates the walk would have taken, as far as they can matter: those
-        on nodes that gain room (the others are pruned again, whatever else is taken)."""
-        if trial.walked or trial.resume is None or choice.room is None:
-            return
-        if not (trial.gaining or also) or not choice.room.size:
+    def _add_borrowed_under_own(self, choice: Choice, trial: _Trial) -> None:
+        """The borrowed tasks made room and the team's own tasks were taken after, for its
+        guarantee: where those are, every borrowed candidate the room step would have
+        walked past counts too (with them it may make room the pruning counts on)."""
+        nodes = _own_nodes(choice, trial.book)
+        if not nodes or trial.reached is None or trial.resume is None:
             return
         borrowed = self.borrowed()
         deviations = self._deviations(trial, borrowed, None)
-        for rank in _ranks_on(borrowed, trial.gaining | also, trial.resume, ANY, deviations):
+        needed = _needed_ranks(borrowed, trial.reached, trial.resume, deviations, nodes, trial.last)
+        for rank in needed:
+            if rank not in trial.borrowed_ranks:
+                trial.borrowed_ranks.add(rank)
+                choice.take(borrowed.victim_at(rank), own=False)
+                trial.late = True
+
+    def _add_borrowed_room(self, choice: Choice, trial: _Trial, also: set[str]) -> None:
+        """After a room step over the borrowed tasks that read slot events and fell short,
+        the borrowed candidates the walk would have taken, as far as they can matter: those
+        on nodes that gain room by them, or by them and the team's own victims (the others
+        are pruned again, whatever else is taken)."""
+        if not trial.fell_short or trial.resume is None:
+            return
+        nodes = trial.gaining | also | _own_nodes(choice, trial.book)
+        borrowed = self.borrowed()
+        deviations = self._deviations(trial, borrowed, None)
+        for rank in _ranks_on(borrowed, nodes, trial.resume, ANY, deviations):
             choice.take(borrowed.victim_at(rank), own=False)
+            trial.late = True
+
+    def _walk_limit(self, listed: int) -> int:
+        """How many candidates a room step over that list may walk before reading events:
+        none once short walks failed there twice in a row."""
+        return 0 if self._failed_walks.get(listed, 0) >= 2 else SHORT_WALK
+
+    def _walked(self, listed: int, found: bool) -> None:
+        self._failed_walks[listed] = 0 if found else self._failed_walks.get(listed, 0) + 1
 
     # -- slot events ----------------------------------------------------------------------------
 
@@ -427,13 +524,13 @@ class VictimSearch:
         excluded: dict[str, int] = {}
         preempted_by = trial.task.preempted_by
         if preempted_by is not None:
-            rank = listing.rank_of.get(preempted_by)
+            rank = listing.rank_of(preempted_by)
             if rank is not None and not listing.dead[rank]:
                 for node, gpus in listing.tasks[rank].placement.items():
                     if gpus > 0:
                         excluded[node] = rank
             if under is not None:
-                rank = under.rank_of.get(preempted_by)
+                rank = under.rank_of(preempted_by)
                 if rank is not None and not under.dead[rank]:
                     for node, gpus in under.tasks[rank].placement.items():
                         if gpus > 0 and node in healthy:
@@ -521,6 +618,8 @@ def _needed_ranks(
     reached: Mapping[int, tuple[int, set[str]]],
     first: int,
     deviations: Mapping[str, Deviation],
+    also: set[str] | None = None,
+    also_last: int = -1,
 ) -> list[int]:
     """The candidates from rank ``first`` on that the pruning may keep, in order: for each
     pod size, those up to the rank where its slots are enough, on nodes that gain slots by
@@ -529,9 +628,11 @@ def _needed_ranks(
 
     With several sizes, a candidate kept for a bigger size past the rank where a smaller
     size was reached may, on another node of its own, complete a smaller slot with
-    candidates before that rank; those are added too, until nothing more is."""
+    candidates before that rank; those are added too, until nothing more is. ``also``:
+    nodes where every candidate up to ``also_last`` counts (the team's own victims, taken
+    after, are there)."""
     tasks = listing.tasks
-    chosen: set[int] = set()
+    chosen = set(_ranks_on(listing, also, first, also_last, deviations)) if also else set()
     nodes_by_size = {size: set(nodes) for size, (_, nodes) in reached.items()}
     while True:
         added = False
@@ -546,6 +647,31 @@ def _needed_ranks(
                     added = True
         if not added:
             return sorted(chosen)
+
+
+def _untake(choice: Choice, taken: list[Victim], *, own: bool) -> None:
+    """Gives back the victims a walk took, latest first (the choice was not fitted)."""
+    for victim in reversed(taken):
+        choice.chosen.pop()
+        choice.left_free += victim.gpus
+        if own:
+            choice.left_quota += victim.gpus
+        else:
+            choice.lowered[victim.book.index] -= victim.gpus
+        if choice.room is not None:
+            choice.room.remove(victim.task.placement)
+    choice.fitted = False
+
+
+def _own_nodes(choice: Choice, book: Book) -> set[str]:
+    """Nodes of the team's own victims chosen so far."""
+    return {
+        node
+        for victim in choice.chosen
+        if victim.book is book
+        for node, gpus in victim.task.placement.items()
+        if gpus > 0
+    }
 
 
 def _reclaim_first(chosen: list[Victim], book: Book) -> list[Victim]:

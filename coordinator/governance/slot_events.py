@@ -52,26 +52,44 @@ class SlotEvents:
     ) -> None:
         self.size = size
         self._listing = listing
+        self._on_node = listing.on_node
         self._free = free
         self._healthy = healthy
         self._extra: Mapping[str, int] = base_extra if base_extra is not None else {}
         self._heap: list[tuple[int, str, int]] = []
         self._version: dict[str, int] = {}
-        for node in listing.on_node:
-            self.refresh(node)
+        self._dirty: set[str] = set(self._on_node)
+        """Nodes whose first event is to be read again before the next look (a node changes
+        many times between looks, as tasks are placed)."""
 
     def base(self, node: str) -> int:
         return self._free.get(node, 0) + self._extra.get(node, 0)
 
     def refresh(self, node: str) -> None:
-        """The node's free GPUs or live candidates changed: its first event is read again."""
-        if node not in self._healthy or node not in self._listing.on_node:
-            return
-        version = self._version.get(node, 0) + 1
-        self._version[node] = version
-        first = next(self.events_on(node, Deviation()), None)
-        if first is not None:
-            heapq.heappush(self._heap, (first, node, version))
+        """The node's free GPUs or live candidates changed: its first event is read again
+        before the next look."""
+        self._dirty.add(node)
+
+    def _catch_up(self) -> None:
+        """Reads the first event of every changed node again (a plain loop: an index is
+        built over thousands of nodes)."""
+        healthy, on_node, versions, heap = self._healthy, self._on_node, self._version, self._heap
+        free, extra, size = self._free, self._extra, self.size
+        tasks, dead = self._listing.tasks, self._listing.dead
+        for node in self._dirty:
+            ranks = on_node.get(node)
+            if ranks is None or node not in healthy:
+                continue
+            version = versions[node] = versions.get(node, 0) + 1
+            held = free.get(node, 0) + extra.get(node, 0)
+            next_slot = (held // size + 1) * size
+            for rank in ranks:
+                if not dead[rank]:
+                    held += tasks[rank].placement[node]
+                    if held >= next_slot:
+                        heapq.heappush(heap, (rank, node, version))
+                        break
+        self._dirty.clear()
 
     def events_on(self, node: str, deviation: Deviation) -> Iterator[int]:
         """The ranks at which ``node`` gains a slot, in order (a rank twice when one
@@ -80,7 +98,7 @@ class SlotEvents:
         held = self.base(node) + deviation.extra
         slots = held // size
         tasks, dead = listing.tasks, listing.dead
-        for rank in listing.on_node.get(node, ()):
+        for rank in self._on_node.get(node, ()):
             if dead[rank] or rank == deviation.excluded:
                 continue
             held += tasks[rank].placement[node]
@@ -102,6 +120,8 @@ class SlotEvents:
         found: list[tuple[int, str]] = []
         if need <= 0 and through < 0:
             return found
+        if self._dirty:
+            self._catch_up()
         heap, version = self._heap, self._version
         # Later events of the nodes met, and every event of the deviating ones.
         side: list[tuple[int, str, Iterator[int]]] = []
