@@ -111,7 +111,8 @@ class _Reference:
                     self.team_of[task.namespace].members.append(task)
             elif task.state.waiting:
                 self._enqueue(task)
-                if task.preempted_by is not None and task.requeue_cause is RequeueCause.PREEMPTION:
+                released = task.requeue_cause is RequeueCause.PREEMPTION
+                if task.preempted_by is not None and released and not task.claim_spent:
                     self.claimed[task.preempted_by] = (
                         self.claimed.get(task.preempted_by, 0) + task.gpus
                     )

@@ -92,6 +92,7 @@ def clusters(draw: st.DrawFn) -> Case:
             task.state = TaskState.REQUEUED
             task.preempted_by = rng.choice(keys)
             task.requeue_cause = RequeueCause.PREEMPTION
+            task.claim_spent = rng.random() < 0.3
         elif keys and rng.random() < 0.1:
             task.preempted_by = rng.choice(keys)
         state.add(task)

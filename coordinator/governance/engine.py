@@ -138,7 +138,11 @@ class _Round:
             elif task_state in _WAITING:
                 self._enqueue(task)
                 preemptor = task.preempted_by
-                if preemptor is not None and task.requeue_cause is RequeueCause.PREEMPTION:
+                if (
+                    preemptor is not None
+                    and task.requeue_cause is RequeueCause.PREEMPTION
+                    and not task.claim_spent
+                ):
                     self.claimed[preemptor] = self.claimed.get(preemptor, 0) + task.gpus
         self.books.count_borrowed()
 
