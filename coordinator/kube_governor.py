@@ -63,6 +63,7 @@ from coordinator.actuators import ActionResult
 from coordinator.audit import AuditEntry, AuditKind, AuditLog
 from coordinator.governance.decisions import Admit, Fail, Preempt, Requeue
 from coordinator.governance.engine import decide
+from coordinator.governance.grace import read_grace
 from coordinator.governance.observe import class_summaries, team_summaries
 from coordinator.governance.policy import Policy
 from coordinator.governance.requeue import on_node_fault
@@ -175,6 +176,8 @@ class _Memo:
     admission_reason: str = ""
     warned: set[str] = field(default_factory=set)
     """Pods (by uid) already told that their task failed."""
+    grace_told: set[str] = field(default_factory=set)
+    """Pods (by uid) already told that their checkpoint grace was capped or refused."""
 
 
 @dataclass(frozen=True)
@@ -368,6 +371,7 @@ class KubeGovernor:
         if view is None:
             view = TaskPods(task.namespace, task.name, ())
         memo = self._memos.setdefault(key, _Memo())
+        self._tell_grace(view, memo)
         state = task.state
         if state.waiting:
             self._follow_waiting(task, view, memo, now, records)
@@ -533,6 +537,20 @@ class KubeGovernor:
             self.state.remove(task.key)
             self._memos.pop(task.key, None)
 
+    def _tell_grace(self, view: TaskPods, memo: _Memo) -> None:
+        """One warning Event per pod whose checkpoint grace annotation is capped to the
+        policy maximum or refused, saying what is used instead."""
+        for pod in view.pods:
+            if pod.checkpoint_grace_text is None or pod.uid in memo.grace_told or pod.terminal:
+                continue
+            problem = read_grace(pod.checkpoint_grace_text, self.policy.preemption).problem
+            if problem is not None:
+                memo.grace_told.add(pod.uid)
+                log.warning("governance.grace_adjusted", pod=pod.name, problem=problem)
+                self._outbox.append(
+                    _Event(pod, EventReason.CHECKPOINT_GRACE_ADJUSTED, problem, EventType.WARNING)
+                )
+
     def _drop(self, task: Task, now: float, records: list[AuditEntry]) -> None:
         reason = (
             f"dropped: no pods for {self.settings.pods_return_s:g} s; its owner did not "
@@ -585,11 +603,7 @@ class KubeGovernor:
     def _remove_after_fault(
         self, decision: Requeue | Fail, task: Task, view: TaskPods, node: str, now: float
     ) -> None:
-        grace = math.ceil(
-            task.checkpoint_grace_s
-            if task.checkpoint_grace_s is not None
-            else self.policy.preemption.default_grace_seconds
-        )
+        grace = math.ceil(self.policy.preemption.grace_for(task.checkpoint_grace_s))
         if isinstance(decision, Requeue):
             task.pod_gpus = ()
             cause, message = "requeue", decision.reason

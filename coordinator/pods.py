@@ -104,6 +104,9 @@ class PodInfo:
     requeues: int | None = None
     preemptions: int | None = None
     backoff_until: float | None = None
+    checkpoint_grace_text: str | None = None
+    """The grace annotation as written (``checkpoint_grace_s`` is None when it is no
+    number of seconds), so the governor can tell the pod what it used instead."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -191,7 +194,12 @@ def pod_info_from_json(pod: Mapping[str, Any]) -> PodInfo:
         requeues=_int_or_none(annotations.get(REQUEUES_ANNOTATION)),
         preemptions=_int_or_none(annotations.get(PREEMPTIONS_ANNOTATION)),
         backoff_until=parse_time(annotations.get(BACKOFF_UNTIL_ANNOTATION)),
+        checkpoint_grace_text=_text_or_none(annotations.get(CHECKPOINT_GRACE_ANNOTATION)),
     )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def diff_pods(

@@ -76,7 +76,7 @@ def clusters(draw: st.DrawFn) -> Case:
             size=len(shape),
         )
         task.times_preempted = rng.choice([0, 0, 1, 4])
-        task.checkpoint_grace_s = rng.choice([None, None, 5.0])
+        task.checkpoint_grace_s = rng.choice([None, None, 5.0, 9000.0])
         if rng.random() < 0.65 and _place(task, free, rng):
             task.state = rng.choice(
                 [TaskState.RUNNING, TaskState.RUNNING, TaskState.ADMITTED, TaskState.PREEMPTED]

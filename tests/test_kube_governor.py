@@ -511,6 +511,48 @@ async def test_a_preempted_task_recreated_by_its_owner_returns_when_gpus_free_ag
     assert world.task_row("b/b2")["times_preempted"] == 1
 
 
+async def borrowing_with_grace(world: World, grace: str) -> None:
+    """As :func:`borrowing`, b2 asking for ``grace`` as its checkpoint grace."""
+    world.submit("b", "b1", gpus=4)
+    world.submit("b", "b2", gpus=4, annotations={CHECKPOINT_GRACE_ANNOTATION: grace})
+    await world.start(policy(team("a", 4), team("b", 4, limit=100)), {"n1": 8})
+    await world.admitted_and_running("b", "b1-0", "n1")
+    await world.admitted_and_running("b", "b2-0", "n1")
+    await until(lambda: world.task_state("b/b2") == "running", "b2 running")
+
+
+async def test_a_grace_above_the_policy_maximum_is_capped_and_the_pod_told(world: World) -> None:
+    await borrowing_with_grace(world, "864000")
+    [event] = await until(lambda: world.events("CheckpointGraceAdjusted", "b2-0"), "an event")
+    assert event["type"] == "Warning"
+    assert "600 s is used instead" in event["message"]
+
+    world.submit("a", "a1", gpus=4)
+    evictions = await until(lambda: world.evicted("b", "b2-0"), "the borrower evicted")
+    assert evictions[0].body["deleteOptions"]["gracePeriodSeconds"] == 600
+
+
+async def test_a_grace_that_is_not_a_number_is_refused_and_the_pod_told_what_is_used(
+    world: World,
+) -> None:
+    await borrowing_with_grace(world, "ten minutes")
+    [event] = await until(lambda: world.events("CheckpointGraceAdjusted", "b2-0"), "an event")
+    assert "'ten minutes' is not a number of seconds" in event["message"]
+    assert "30 s is used instead" in event["message"]
+
+    world.submit("a", "a1", gpus=4)
+    evictions = await until(lambda: world.evicted("b", "b2-0"), "the borrower evicted")
+    assert evictions[0].body["deleteOptions"]["gracePeriodSeconds"] == 30
+
+
+async def test_a_negative_grace_is_refused_once_per_pod(world: World) -> None:
+    await borrowing_with_grace(world, "-5")
+    await until(lambda: world.events("CheckpointGraceAdjusted", "b2-0"), "an event")
+    await asyncio.sleep(0.3)  # several rounds
+    [event] = world.events("CheckpointGraceAdjusted", "b2-0")
+    assert "negative" in event["message"]
+
+
 # node faults
 
 

@@ -457,7 +457,7 @@ class _Round:
 
     def _record_preemptions(self, task: Task, book: Book, victims: list[Victim]) -> None:
         base = self.priorities.base(task)
-        grace_default = self.policy.preemption.default_grace_seconds
+        grace_for = self.policy.preemption.grace_for
         for victim in victims:
             target = victim.task
             self.search.take(victim)
@@ -473,13 +473,12 @@ class _Round:
                     f"team {book.team.name} reclaims GPUs within its guarantee for {task.key}: "
                     f"{target.key} runs on GPUs borrowed by team {victim.book.team.name}"
                 )
-            grace = target.checkpoint_grace_s
             self.preempts.append(
                 Preempt(
                     victim=target.key,
                     preemptor=task.key,
                     cause=cause,
-                    grace_s=grace if grace is not None else grace_default,
+                    grace_s=grace_for(target.checkpoint_grace_s),
                     gpus=victim.gpus,
                     work_lost_gpu_s=victim.work_lost,
                     reason=reason,

@@ -129,8 +129,16 @@ class Team(_Strict):
 class PreemptionSettings(_Strict):
     victim_order: VictimOrder = VictimOrder.CHECKPOINT_AWARE
     default_grace_seconds: float = Field(default=30.0, ge=0, le=86_400)
+    max_grace_seconds: float = Field(default=600.0, ge=0, le=86_400)
+    """The most checkpoint grace a victim gets, whatever its pods ask for: its preemptor
+    waits that long at most (HyperPod and Kueue users expect minutes, not days)."""
     aging_boost_per_preemption: int = Field(default=5, ge=0, le=100)
     aging_max_boost: int = Field(default=20, ge=0, le=100)
+
+    def grace_for(self, asked: float | None) -> float:
+        """The grace a victim gets: what it asked for (``None``: the default), at most
+        ``max_grace_seconds``."""
+        return min(self.default_grace_seconds if asked is None else asked, self.max_grace_seconds)
 
 
 class RequeueSettings(_Strict):
@@ -196,6 +204,11 @@ def _semantic_problems(policy: Policy) -> Iterator[Problem]:
             f"no priority class named {policy.default_priority_class!r} in priorityClasses",
         )
     settings = policy.preemption
+    if settings.default_grace_seconds > settings.max_grace_seconds:
+        yield Problem(
+            "preemption.defaultGraceSeconds",
+            f"must be at most maxGraceSeconds ({settings.max_grace_seconds:g})",
+        )
     if settings.aging_max_boost < settings.aging_boost_per_preemption:
         yield Problem(
             "preemption.agingMaxBoost",
