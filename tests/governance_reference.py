@@ -273,16 +273,11 @@ class _Reference:
             own = lender is team
             self.taken.add(victim.key)
             lender.used -= victim.gpus
-            grace = victim.checkpoint_grace_s
-            self.preempts.append(
-                (
-                    victim.key,
-                    task.key,
-                    "priority" if own else "reclaim",
-                    victim.gpus,
-                    grace if grace is not None else self.policy.preemption.default_grace_seconds,
-                )
-            )
+            asked = victim.checkpoint_grace_s
+            grace = self.policy.preemption.default_grace_seconds if asked is None else asked
+            cause = "priority" if own else "reclaim"
+            capped = min(grace, self.policy.preemption.max_grace_seconds)
+            self.preempts.append((victim.key, task.key, cause, victim.gpus, capped))
         team.used += task.gpus
         return True
 
