@@ -60,6 +60,7 @@ from coordinator.governance.policy import (
 )
 from coordinator.governance.preemption import VictimSearch
 from coordinator.governance.ranking import Priorities, effective_priority, sort_queue
+from coordinator.governance.reservation import hold_on_nodes, holders
 from coordinator.governance.room import PodShape, Room
 from coordinator.governance.tasks import GovernanceState, RequeueCause, Task, TaskState
 
@@ -87,6 +88,11 @@ class _Round:
         self.waiting: dict[str, str] = {}
         self.reserved = 0
         self._pods: dict[tuple[int, ...], PodShape] = {}
+        self.holders: dict[int, str] = {}
+        """Per team, the task capacity is held for (see :mod:`.reservation`)."""
+        self.position: dict[str, int] = {}
+        """Place in the queue of every task, when some task is held capacity for."""
+        self._behind_words: dict[int, str] = {}
         self.precommitted: dict[str, int] = {}
         """Waiting preemptors counted in their team's usage from the start of the round,
         with the free GPUs held for them until the guaranteed pass reaches them (see
@@ -189,6 +195,15 @@ class _Round:
     def run(self) -> Decisions:
         if self.queue:
             sort_queue(self.queue, self.policy.admission, self.priorities)
+            self.holders = holders(
+                self.queue,
+                self.books.of,
+                self.policy.reservation.after_wait_seconds,
+                self.now,
+                self.inflight.keys() | self.claimed.keys(),
+            )
+            if self.holders:
+                self.position = {task.key: index for index, task in enumerate(self.queue)}
             if self.inflight or self.claimed:
                 self._precommit()
             beyond = self._guaranteed_pass()
@@ -230,22 +245,36 @@ class _Round:
         precommitted = self.precommitted
         # Why a task waits, by team and demand: the same words for the many tasks alike.
         unfree: dict[tuple[int, int], str] = {}
+        holders = self.holders
         for task in self.queue:
             book = book_of[task.namespace]
             demand = demand_of[task.key]
             if precommitted and task.key in precommitted:
                 self.reserved -= precommitted.pop(task.key)
                 self._change_used(book, -demand)
-            if demand == 0:
+            held = holders and holders.get(book.index) == task.key
+            if book.held_for is not None:
+                self.waiting[task.key] = self._behind(book)
+            elif demand == 0:
                 self._admit_placed(task, book, demand, borrowing=False)
             elif book.used + demand > book.guarantee:
+                if held:
+                    self._keep_guarantee_for(task, book, demand)
                 beyond.append(task)
             elif demand <= self.free - self.reserved:
-                if not self._admit_placed(task, book, demand, borrowing=False):
-                    # Enough GPUs are free, but not on nodes that hold the pods: preempting
-                    # may make room where they would fit (if not, the reason stays).
-                    self._preempt_for(task, book, demand)
-            elif not self._preempt_for(task, book, demand):
+                # Enough GPUs are free, but maybe not on nodes that hold the pods:
+                # preempting may make room where they would fit (if not, the reason stays).
+                if (
+                    not self._admit_placed(task, book, demand, borrowing=False)
+                    and not self._preempt_for(task, book, demand)
+                    and held
+                ):
+                    self._hold_for(task, book, demand)
+            elif self._preempt_for(task, book, demand):
+                pass
+            elif held:
+                self._hold_for(task, book, demand)
+            else:
                 reason = unfree.get((book.index, demand))
                 if reason is None:
                     reason = unfree[book.index, demand] = (
@@ -267,6 +296,13 @@ class _Round:
         cannot_borrow: dict[int, str] = {}
         for task in beyond:
             book = self.books.of[task.namespace]
+            held_for = book.held_for
+            if (
+                held_for not in (None, task.key)
+                and self.position[task.key] > self.position[held_for]
+            ):
+                self.waiting[task.key] = self._behind(book)
+                continue
             if book.may_borrow:
                 borrowers.append(task)
                 continue
@@ -292,7 +328,8 @@ class _Round:
                         refusals.clear()
                     continue
                 refusals[book.index, demand] = refusal
-            self.waiting[task.key] = refusal
+            if task.key != book.held_for:  # its own words say why it waits, and for what
+                self.waiting[task.key] = refusal
         admitted = {admit.task for admit in self.admits}
         return [task for task in beyond if task.key not in admitted]
 
@@ -357,9 +394,53 @@ class _Round:
             book = self.books.of[task.namespace]
             if not book.team.preempt_lower_priority or book.used > book.guarantee:
                 continue  # a team beyond its own quota never preempts for priority
+            held_for = book.held_for
+            if held_for is not None and self.position[task.key] > self.position[held_for]:
+                continue  # the team's room is kept for the task it waits behind
             demand = self.demand[task.key]
             if book.used + demand > book.guarantee:
                 self._preempt_for(task, book, demand)
+
+    # -- reservation -------------------------------------------------------------------------
+
+    def _keep_guarantee_for(self, task: Task, book: Book, demand: int) -> None:
+        """``task`` waited too long and its team's guarantee is short of it: the tasks
+        behind it in the team's queue wait until it fits."""
+        book.held_for = task.key
+        self.waiting[task.key] = (
+            f"waited {self._waited(task)} past reservation.afterWaitSeconds: team "
+            f"{book.team.name}'s guarantee is kept for it ({book.used} of {book.guarantee} "
+            f"GPUs held, {demand} needed)"
+        )
+
+    def _hold_for(self, task: Task, book: Book, demand: int) -> None:
+        """``task`` waited too long, fits its team's guarantee but not the free GPUs: those
+        of the nodes that will hold it soonest are held for it, and it counts as its
+        team's, as a task waiting on a preemption does."""
+        if self.slots is not None and self.nodes is not None:
+            on_nodes = hold_on_nodes(self.slots, self.nodes, task.pod_gpus)
+            self.search.nodes_changed(on_nodes)
+            held = sum(on_nodes.values())
+        else:
+            held = max(0, min(self.free - self.reserved, demand))
+        self.reserved += held
+        self._change_used(book, demand)
+        self.waiting[task.key] = (
+            f"waited {self._waited(task)} past reservation.afterWaitSeconds: {held} GPUs "
+            f"held for it as they free up ({demand} needed)"
+        )
+
+    def _behind(self, book: Book) -> str:
+        reason = self._behind_words.get(book.index)
+        if reason is None:  # the same words for the many tasks behind it
+            reason = self._behind_words[book.index] = (
+                f"behind {book.held_for} in team {book.team.name}'s queue, which waited past "
+                f"reservation.afterWaitSeconds: the team's guarantee is kept for it"
+            )
+        return reason
+
+    def _waited(self, task: Task) -> str:
+        return f"{(self.now - task.queued_at) / 3600:.1f} h"
 
     # -- admission ---------------------------------------------------------------------------
 

@@ -141,6 +141,15 @@ class PreemptionSettings(_Strict):
         return min(self.default_grace_seconds if asked is None else asked, self.max_grace_seconds)
 
 
+class ReservationSettings(_Strict):
+    """Bounded wait (Slurm's backfill reservation): once the first task of a team's queue
+    has waited longer than ``after_wait_seconds``, capacity is held for it as it frees up
+    and the tasks behind it use only what does not delay it (docs/policy.md)."""
+
+    after_wait_seconds: float | None = Field(default=3600.0, ge=0, le=30 * 86_400)
+    """None: never (best effort, as Kueue's BestEffortFIFO)."""
+
+
 class RequeueSettings(_Strict):
     max_requeues: int = Field(default=3, ge=0, le=1000)
     backoff_seconds: float = Field(default=30.0, ge=0, le=86_400)
@@ -161,6 +170,7 @@ class Policy(_Strict):
     default_priority_class: ClassName | None = None
     priority_classes: tuple[PriorityClass, ...] = ()
     preemption: PreemptionSettings = PreemptionSettings()
+    reservation: ReservationSettings = ReservationSettings()
     requeue: RequeueSettings = RequeueSettings()
     teams: tuple[Team, ...] = ()
 
