@@ -154,6 +154,10 @@ class RequeueSettings(_Strict):
     max_requeues: int = Field(default=3, ge=0, le=1000)
     backoff_seconds: float = Field(default=30.0, ge=0, le=86_400)
     backoff_max_seconds: float = Field(default=900.0, ge=0, le=7 * 86_400)
+    admitted_timeout_seconds: float | None = Field(default=600.0, gt=0, le=86_400)
+    """An admitted task whose pods are not all running this long after its admission (an
+    image that does not pull, a node selector nothing matches) is requeued, as Kueue's
+    waitForPodsReady does: its GPUs are not held forever. None: never."""
 
     def backoff_for(self, attempt: int) -> float:
         """Seconds to wait before requeue number ``attempt`` (1-based) is admitted again:
