@@ -21,54 +21,49 @@ first-come-first-serve: arrival):
 A task waiting on a preemption counts as its team's from the moment it preempts (and, in
 later rounds, until it is admitted): the GPUs it waits for are the team's, so no later task
 of the team counts on the same room in the guarantee and preempts again for it. The GPUs
-its victims free are its own, first, once they are gone. With capacity per node, a set of
-victims must also leave room for the task's pods on the nodes; no task is preempted for
-a gang that would still not fit.
+its victims free are its own, first, once they are gone, until it is admitted. With
+capacity per node, a set of victims must also leave room for the task's pods on the nodes;
+no task is preempted for a gang that would still not fit.
 
-Pending tasks that do not fit are skipped and smaller ones behind them may go (best effort,
-as Kueue's BestEffortFIFO); a task preempted often ages upward (see ``effective_priority``).
+Pending tasks that do not fit are skipped and smaller ones behind them may go (best
+effort), until the first task of a team's queue has waited past
+``reservation.afterWaitSeconds``: then capacity is held for it (:mod:`.reservation`). A
+task preempted often ages upward (see ``effective_priority``).
 
-Cost: one round over 10,000 tasks must stay well under 50 ms on any layout, and grow about
-linearly with the cluster (bench/governance_decision.py). What keeps it there: policy
-look-ups resolved once per round (:mod:`.ranking`); preemption candidates ordered one
-priority level at a time, only as far as preemptors reach, and dead ones skipped in
-amortized constant time (:mod:`.candidates`); running totals instead of rescans
-(:mod:`.books`); cheap bounds before a preemptor's room is built; room on nodes counted in
-pod-sized slots instead of placing pods (:mod:`.room`) and, once only room is missing, read
-from per-node slot events instead of walking candidates (:mod:`.slot_events`,
-:mod:`.preemption`); waiting reasons shared by the many tasks they fit alike. And few
-objects that live through the round and no reference cycles, so the garbage collector
-runs seldom and a round's objects are freed as it ends.
+Cost: one round over 10,000 tasks must stay well under 50 ms on any layout and grow about
+linearly with the cluster (bench/governance_decision.py): look-ups resolved once per round
+(:mod:`.ranking`), candidates ordered a priority level at a time and dead ones skipped in
+amortized constant time (:mod:`.candidates`), running totals (:mod:`.books`), bounds before
+a search, room counted in pod-sized slots (:mod:`.room`) and read from per-node slot events
+rather than walked (:mod:`.preemption`), shared waiting reasons, and no reference cycles.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 from coordinator.governance.books import Book, Books
+from coordinator.governance.borrowing import borrow_refusal, fair_share_order
+from coordinator.governance.borrowing import cannot_borrow as cannot_borrow_words
 from coordinator.governance.candidates import CandidateOrder, Victim
-from coordinator.governance.decisions import Admit, Decisions, Preempt, PreemptCause
-from coordinator.governance.fairshare import fair_share_key
+from coordinator.governance.choice import preempt_decisions
+from coordinator.governance.decisions import Admit, Decisions, Preempt
+from coordinator.governance.intake import read_tasks
 from coordinator.governance.placement import FreeGpus
-from coordinator.governance.policy import (
-    IdleComputeAllocation,
-    Lending,
-    Policy,
-    VictimOrder,
-)
+from coordinator.governance.policy import IdleComputeAllocation, Lending, Policy, VictimOrder
 from coordinator.governance.preemption import VictimSearch
 from coordinator.governance.ranking import Priorities, effective_priority, sort_queue
-from coordinator.governance.reservation import hold_on_nodes, holders
+from coordinator.governance.reservation import (
+    behind_words,
+    held_words,
+    hold_on_nodes,
+    holders,
+    kept_words,
+)
 from coordinator.governance.room import PodShape, Room
-from coordinator.governance.tasks import GovernanceState, RequeueCause, Task, TaskState
+from coordinator.governance.tasks import GovernanceState, Task
 
 __all__ = ["decide", "effective_priority"]
-
-# Set membership instead of the TaskState properties: the round tests every task's state.
-_HOLDING = frozenset(state for state in TaskState if state.holding)
-_WAITING = frozenset(state for state in TaskState if state.waiting)
 
 
 def decide(state: GovernanceState, policy: Policy, now: float) -> Decisions:
@@ -85,13 +80,10 @@ class _Round:
         self.priorities = Priorities(policy)
         self.admits: list[Admit] = []
         self.preempts: list[Preempt] = []
-        self.waiting: dict[str, str] = {}
         self.reserved = 0
         self._pods: dict[tuple[int, ...], PodShape] = {}
         self.holders: dict[int, str] = {}
         """Per team, the task capacity is held for (see :mod:`.reservation`)."""
-        self.position: dict[str, int] = {}
-        """Place in the queue of every task, when some task is held capacity for."""
         self._behind_words: dict[int, str] = {}
         self.precommitted: dict[str, int] = {}
         """Waiting preemptors counted in their team's usage from the start of the round,
@@ -105,65 +97,22 @@ class _Round:
             else capacity.healthy_gpus
         )
         self.books = Books(policy, healthy)
-        self.inflight: dict[str, int] = {}
-        """GPUs being freed for each preemptor: its victims, preempted, not yet gone."""
-        self.claimed: dict[str, int] = {}
-        """GPUs freed for each preemptor since: its victims are gone and back in the queue,
-        and their GPUs are the preemptor's (DESIGN.md) for as long as it waits."""
-        self.leaving: dict[str, list[Mapping[str, int]]] = {}
-        """Where the GPUs being freed for each preemptor are (capacity per node only)."""
-        self.queue: list[Task] = []
-        self.demand: dict[str, int] = {}
-        """GPUs of each task in the queue (its pods added up once: every pass reads them)."""
-        held_unplaced = 0
-        held_total = 0
-        used_on_node: dict[str, int] = {}
-        per_node = capacity.by_node is not None
-        book_of, inflight = self.books.of, self.inflight  # locals: this loop sees every task
-        for task in state.tasks.values():
-            task_state = task.state
-            if task_state in _HOLDING:
-                gpus = task.gpus
-                held_total += gpus
-                if not task.placement:
-                    held_unplaced += gpus
-                elif per_node:
-                    for node, count in task.placement.items():
-                        used_on_node[node] = used_on_node.get(node, 0) + count
-                if task_state is TaskState.PREEMPTED:
-                    preemptor = task.preempted_by
-                    if preemptor is not None:
-                        inflight[preemptor] = inflight.get(preemptor, 0) + gpus
-                        if per_node and task.placement:
-                            self.leaving.setdefault(preemptor, []).append(task.placement)
-                else:
-                    book = book_of.get(task.namespace)
-                    if book is not None:
-                        book.used += gpus
-                        book.members.append(task)
-            elif task_state in _WAITING:
-                self._enqueue(task)
-                preemptor = task.preempted_by
-                if (
-                    preemptor is not None
-                    and task.requeue_cause is RequeueCause.PREEMPTION
-                    and not task.claim_spent
-                ):
-                    self.claimed[preemptor] = self.claimed.get(preemptor, 0) + task.gpus
-        self.books.count_borrowed()
-
+        taken_in = read_tasks(state, self.books, now)
+        self.queue, self.demand, self.waiting = taken_in.queue, taken_in.demand, taken_in.waiting
+        self.inflight, self.claimed = taken_in.inflight, taken_in.claimed
+        self.leaving = taken_in.leaving
         self.slots: FreeGpus | None
         self.nodes = capacity.by_node
         if capacity.by_node is not None:
             free = {
-                node: max(0, gpus - used_on_node.get(node, 0))
+                node: max(0, gpus - taken_in.used_on_node.get(node, 0))
                 for node, gpus in capacity.by_node.items()
             }
             self.slots = FreeGpus(free)
-            self.free = self.slots.total - held_unplaced
+            self.free = self.slots.total - taken_in.held_unplaced
         else:
             self.slots = None
-            self.free = healthy - held_total
+            self.free = healthy - taken_in.held_total
         checkpoint_aware = policy.preemption.victim_order is VictimOrder.CHECKPOINT_AWARE
         self.search = VictimSearch(
             self.books,
@@ -174,23 +123,11 @@ class _Round:
             set(),
         )
 
-    def _enqueue(self, task: Task) -> None:
-        book = self.books.of.get(task.namespace)
-        if book is None:
-            self.waiting[task.key] = f"namespace {task.namespace} belongs to no team in the policy"
-        elif not task.complete:
-            self.waiting[task.key] = (
-                f"waiting for all {task.size} pods of the gang ({len(task.pod_gpus)} known)"
-            )
-        elif task.backoff_until is not None and task.backoff_until > self.now:
-            self.waiting[task.key] = f"backing off after a requeue until {task.backoff_until:.0f}"
-        else:
-            self.queue.append(task)
-            self.demand[task.key] = task.gpus
-
     def _change_used(self, book: Book, delta: int) -> None:
         if self.books.change_used(book, delta):
             self.search.lender_moved(book)
+        elif delta > 0 and book.beyond:
+            self.search.lenders_grew()
 
     def run(self) -> Decisions:
         if self.queue:
@@ -202,8 +139,6 @@ class _Round:
                 self.now,
                 self.inflight.keys() | self.claimed.keys(),
             )
-            if self.holders:
-                self.position = {task.key: index for index, task in enumerate(self.queue)}
             if self.inflight or self.claimed:
                 self._precommit()
             beyond = self._guaranteed_pass()
@@ -294,24 +229,19 @@ class _Round:
         borrowers: list[Task] = []
         # One reason per team that cannot borrow: nothing it holds changes in this loop.
         cannot_borrow: dict[int, str] = {}
+        # (A team's tasks behind a task its guarantee is kept for are not among them: the
+        # guaranteed pass stopped them.)
         for task in beyond:
             book = self.books.of[task.namespace]
-            held_for = book.held_for
-            if (
-                held_for not in (None, task.key)
-                and self.position[task.key] > self.position[held_for]
-            ):
-                self.waiting[task.key] = self._behind(book)
-                continue
             if book.may_borrow:
                 borrowers.append(task)
                 continue
             reason = cannot_borrow.get(book.index)
             if reason is None:
-                reason = cannot_borrow[book.index] = self._cannot_borrow(book)
+                reason = cannot_borrow[book.index] = cannot_borrow_words(book)
             self.waiting[task.key] = reason
         if self.policy.idle_compute is IdleComputeAllocation.FAIR_SHARE:
-            order: Iterator[Task] = self._fair_share_order(borrowers)
+            order: Iterator[Task] = fair_share_order(borrowers, self.books.of, self.books.all)
         else:
             order = iter(borrowers)
         # Why a borrower waits depends on its team and demand, and on what is idle: the
@@ -322,7 +252,8 @@ class _Round:
             demand = self.demand[task.key]
             refusal = refusals.get((book.index, demand))
             if refusal is None:
-                refusal = self._borrow_refusal(book, demand, reserved_idle)
+                idle = self.free - self.reserved - reserved_idle
+                refusal = borrow_refusal(book, demand, idle)
                 if refusal is None:
                     if self._admit_placed(task, book, demand, borrowing=True):
                         refusals.clear()
@@ -333,60 +264,6 @@ class _Round:
         admitted = {admit.task for admit in self.admits}
         return [task for task in beyond if task.key not in admitted]
 
-    @staticmethod
-    def _cannot_borrow(book: Book) -> str:
-        why = (
-            f"lending: {book.team.lending}"
-            if not book.team.lending.borrows
-            else "its borrow limit is 0 GPUs"
-        )
-        return (
-            f"team {book.team.name} holds {book.used} of its {book.guarantee} guaranteed "
-            f"GPUs and cannot borrow ({why})"
-        )
-
-    def _fair_share_order(self, borrowers: list[Task]) -> Iterator[Task]:
-        """Borrowers in fair-share order: next, the team with the least borrowed per weight.
-        The key is read again after each task, as an admission moves the team back."""
-        queues: dict[int, deque[Task]] = {}
-        for task in borrowers:
-            queues.setdefault(self.books.of[task.namespace].index, deque()).append(task)
-        heap = [self._share_key(index) for index in queues]
-        heapq.heapify(heap)
-        while heap:
-            index = heapq.heappop(heap)[2]
-            pending = queues[index]
-            book = self.books.all[index]
-            while pending:
-                used = book.used
-                yield pending.popleft()
-                # Only this team's admission changes its key (no other team admits meanwhile,
-                # and keys are unique by team index): while nothing was admitted the team is
-                # still the least served, so it goes on without a trip through the heap.
-                if pending and book.used != used:
-                    heapq.heappush(heap, self._share_key(index))
-                    break
-
-    def _share_key(self, index: int) -> tuple[int, float, int]:
-        book = self.books.all[index]
-        return fair_share_key(book.borrowed, book.team.fair_share_weight, index)
-
-    def _borrow_refusal(self, book: Book, demand: int, reserved_idle: int) -> str | None:
-        """Why a task of ``book`` cannot borrow ``demand`` GPUs now; None when it may."""
-        borrowed_after = book.used + demand - book.guarantee
-        if borrowed_after > book.borrow_limit:
-            return (
-                f"would borrow {borrowed_after} GPUs, over team {book.team.name}'s borrow "
-                f"limit of {book.borrow_limit}"
-            )
-        idle = self.free - self.reserved - reserved_idle
-        if demand > idle:
-            return (
-                f"team {book.team.name} is at its guarantee ({book.guarantee} GPUs) and only "
-                f"{max(0, idle)} idle GPUs can be borrowed, {demand} needed"
-            )
-        return None
-
     # -- pass 3 ------------------------------------------------------------------------------
 
     def _priority_pass(self, waiting: list[Task]) -> None:
@@ -394,9 +271,6 @@ class _Round:
             book = self.books.of[task.namespace]
             if not book.team.preempt_lower_priority or book.used > book.guarantee:
                 continue  # a team beyond its own quota never preempts for priority
-            held_for = book.held_for
-            if held_for is not None and self.position[task.key] > self.position[held_for]:
-                continue  # the team's room is kept for the task it waits behind
             demand = self.demand[task.key]
             if book.used + demand > book.guarantee:
                 self._preempt_for(task, book, demand)
@@ -407,11 +281,7 @@ class _Round:
         """``task`` waited too long and its team's guarantee is short of it: the tasks
         behind it in the team's queue wait until it fits."""
         book.held_for = task.key
-        self.waiting[task.key] = (
-            f"waited {self._waited(task)} past reservation.afterWaitSeconds: team "
-            f"{book.team.name}'s guarantee is kept for it ({book.used} of {book.guarantee} "
-            f"GPUs held, {demand} needed)"
-        )
+        self.waiting[task.key] = kept_words(task, book, demand, self.now)
 
     def _hold_for(self, task: Task, book: Book, demand: int) -> None:
         """``task`` waited too long, fits its team's guarantee but not the free GPUs: those
@@ -425,22 +295,13 @@ class _Round:
             held = max(0, min(self.free - self.reserved, demand))
         self.reserved += held
         self._change_used(book, demand)
-        self.waiting[task.key] = (
-            f"waited {self._waited(task)} past reservation.afterWaitSeconds: {held} GPUs "
-            f"held for it as they free up ({demand} needed)"
-        )
+        self.waiting[task.key] = held_words(task, held, demand, self.now)
 
     def _behind(self, book: Book) -> str:
         reason = self._behind_words.get(book.index)
         if reason is None:  # the same words for the many tasks behind it
-            reason = self._behind_words[book.index] = (
-                f"behind {book.held_for} in team {book.team.name}'s queue, which waited past "
-                f"reservation.afterWaitSeconds: the team's guarantee is kept for it"
-            )
+            reason = self._behind_words[book.index] = behind_words(book)
         return reason
-
-    def _waited(self, task: Task) -> str:
-        return f"{(self.now - task.queued_at) / 3600:.1f} h"
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -537,31 +398,8 @@ class _Round:
         return max(0, min(available, short))
 
     def _record_preemptions(self, task: Task, book: Book, victims: list[Victim]) -> None:
-        base = self.priorities.base(task)
-        grace_for = self.policy.preemption.grace_for
         for victim in victims:
-            target = victim.task
             self.search.take(victim)
-            own = victim.book is book
-            cause = PreemptCause.PRIORITY if own else PreemptCause.RECLAIM
-            if own:
-                reason = (
-                    f"{task.key} (priority {base}) preempts lower-priority {target.key} "
-                    f"(priority {victim.effective}) within team {book.team.name}'s guarantee"
-                )
-            else:
-                reason = (
-                    f"team {book.team.name} reclaims GPUs within its guarantee for {task.key}: "
-                    f"{target.key} runs on GPUs borrowed by team {victim.book.team.name}"
-                )
-            self.preempts.append(
-                Preempt(
-                    victim=target.key,
-                    preemptor=task.key,
-                    cause=cause,
-                    grace_s=grace_for(target.checkpoint_grace_s),
-                    gpus=victim.gpus,
-                    work_lost_gpu_s=victim.work_lost,
-                    reason=reason,
-                )
-            )
+        self.preempts.extend(
+            preempt_decisions(task, book, victims, self.priorities.base(task), self.policy)
+        )

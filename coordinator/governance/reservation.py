@@ -74,3 +74,32 @@ def _most_free(
             if healthy.get(node, 0) - planned.get(node, 0) >= pod:
                 return node
     return None
+
+
+# -- the words the waiting tasks are given ------------------------------------------------------
+
+
+def kept_words(task: Task, book: Book, demand: int, now: float) -> str:
+    return (
+        f"waited {_waited(task, now)} past reservation.afterWaitSeconds: team "
+        f"{book.team.name}'s guarantee is kept for it ({book.used} of {book.guarantee} "
+        f"GPUs held, {demand} needed)"
+    )
+
+
+def held_words(task: Task, held: int, demand: int, now: float) -> str:
+    return (
+        f"waited {_waited(task, now)} past reservation.afterWaitSeconds: {held} GPUs "
+        f"held for it as they free up ({demand} needed)"
+    )
+
+
+def behind_words(book: Book) -> str:
+    return (
+        f"behind {book.held_for} in team {book.team.name}'s queue, which waited past "
+        f"reservation.afterWaitSeconds: the team's guarantee is kept for it"
+    )
+
+
+def _waited(task: Task, now: float) -> str:
+    return f"{(now - task.queued_at) / 3600:.1f} h"
