@@ -137,6 +137,7 @@ class EventReason(enum.StrEnum):
     TASK_REQUEUED = "TaskRequeued"
     TASK_PREEMPTED = "TaskPreempted"
     TASK_ADMITTED = "TaskAdmitted"
+    CHECKPOINT_GRACE_ADJUSTED = "CheckpointGraceAdjusted"
 
 
 _NODE_EVENT_REASONS = frozenset({"GPUFault", "NodeMarkedForRecovery"})
