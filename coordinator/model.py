@@ -12,7 +12,8 @@ Capacity puts every GPU in exactly one bucket, so the totals always add up:
 - ``healthy``: a GPU of an in-service node whose health is healthy or degraded (degraded is
   schedulable, warn only);
 - ``unhealthy``: any other GPU of an in-service node: unhealthy, unknown, lost, or expected
-  by the agent (``gpus_expected``) but missing from its report.
+  by the agent (``gpus_expected``) or configured by the cluster's scheduler (Slurm's GRES,
+  ``cluster_gpus``) but missing from its report.
 
 A ``suspect`` node is in service: its GPUs count by their last reported health, so a broker
 outage, which silences everyone at once, does not shrink capacity and set off preemption.
@@ -130,6 +131,7 @@ class NodeRecord:
     action: Action = Action.NONE
     gpus: tuple[GpuView, ...] = ()
     gpus_expected: int | None = None
+    cluster_gpus: int | None = None  # what the cluster's scheduler configures (Slurm GRES)
     findings: tuple[Finding, ...] = ()  # the non-ok ones
     gpus_total: int = 0
     gpus_serviceable: int = 0
@@ -332,11 +334,14 @@ class ClusterModel:
         return True
 
     def note_facts(self, facts: NodeFacts) -> bool:
-        """Take the node's instance type from the cluster's labels."""
+        """Take the node's instance type from the cluster's labels, and the GPUs its
+        scheduler configures (a GPU the agent does not report then counts as unhealthy)."""
         record = self._nodes.get(facts.name)
         if record is None:
             return False
         record.label_instance_type = facts.instance_type
+        record.cluster_gpus = facts.gpus
+        self._count_gpus(record)
         return True
 
     def restore(
@@ -452,5 +457,5 @@ class ClusterModel:
     @staticmethod
     def _count_gpus(record: NodeRecord) -> None:
         reported = len(record.gpus)
-        record.gpus_total = max(reported, record.gpus_expected or 0)
+        record.gpus_total = max(reported, record.gpus_expected or 0, record.cluster_gpus or 0)
         record.gpus_serviceable = sum(1 for g in record.gpus if g.serviceable)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator.backends.slurm.config import SlurmSettings, add_slurm_flags, slurm_settings
 from coordinator.safety import MaxUnhealthy
 from gpuwarden_common.broker import BrokerSettings, BrokerUrlError
 from gpuwarden_common.flags import HttpAddress, SettingsError, positive, read_secret
@@ -39,6 +40,12 @@ class CoordinatorSettings:
     log_level: str
     max_clock_skew_s: float = 30.0
     feed_refresh_s: float = 60.0
+    # kubernetes | slurm | local: where marks go (--backend, else from --kube)
+    backend: str = "local"
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
+
+
+BACKENDS = ("kubernetes", "slurm", "local")
 
 
 def build_parser(
@@ -60,6 +67,11 @@ def build_parser(
     p.add_argument("--tls-cert", default=e("TLS_CERT"))
     p.add_argument("--tls-key", default=e("TLS_KEY"))
     p.add_argument("--cluster", default=e("CLUSTER", "default"))
+    p.add_argument("--backend", default=e("BACKEND"), choices=BACKENDS,
+                   help="where node marks and requeues go: kubernetes, slurm (drain, resume, "
+                   "requeue with Slurm's commands) or local (marks.json only). Default: from "
+                   "--kube (off: local, else kubernetes). When both are given --backend wins, "
+                   "and --kube only says how to reach Kubernetes")
     p.add_argument("--kube", default=e("KUBE", "off"),
                    help="auto | in-cluster | kubeconfig:PATH | off (default %(default)s: "
                    "the local actuator, for clusters without Kubernetes)")
@@ -102,6 +114,7 @@ def build_parser(
                    help="seconds between republishing every retained verdict and the cluster "
                    "summary, so the health feed is never stale or forged for long "
                    "(default %(default)s)")
+    add_slurm_flags(p, e)
     return p
 
 
@@ -130,10 +143,12 @@ def parse_settings(
         raise SettingsError(
             f"--kube {args.kube!r}: expected auto, in-cluster, kubeconfig:PATH or off"
         )
+    backend = args.backend or ("local" if args.kube == "off" else "kubernetes")
+    kube = "auto" if backend == "kubernetes" and args.kube == "off" else args.kube
     return CoordinatorSettings(
         broker=broker,
         cluster=args.cluster,
-        kube=args.kube,
+        kube=kube,
         state_dir=Path(args.state),
         http=HttpAddress.parse(args.http),
         dry_run=bool(args.dry_run),
@@ -158,4 +173,7 @@ def parse_settings(
         log_level=args.log_level,
         max_clock_skew_s=positive(args.max_clock_skew, "--max-clock-skew"),
         feed_refresh_s=positive(args.feed_refresh, "--feed-refresh"),
+        backend=backend,
+        # only the chosen back end's flags are checked: a stray GPUWARDEN_SLURM_* is harmless
+        slurm=slurm_settings(args) if backend == "slurm" else SlurmSettings(),
     )
