@@ -9,6 +9,11 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)  # the dashboard's browser test
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)  # certificates for the broker TLS test
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # verifies the units
+# a real Slurm (controller, node daemons, client commands, munge) for the Slurm back end's tests
+[ -x /usr/sbin/slurmctld ] || need_apt+=(slurmctld)
+[ -x /usr/sbin/slurmd ] || need_apt+=(slurmd)
+command -v scontrol >/dev/null 2>&1 || need_apt+=(slurm-client)
+[ -x /usr/sbin/munged ] || need_apt+=(munge)
 scripts/setup.sh "${need_apt[@]}"
 
 echo "==> ruff"

@@ -6,6 +6,7 @@ four idle nodes and no jobs before every test. No Slurm mock anywhere."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,9 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
     if missing:
         pytest.skip(f"Slurm is not installed ({', '.join(missing)} missing): scripts/test.sh "
                     "installs it, or apt-get install -y slurmctld slurmd slurm-client munge")
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster's slurmd and munged need root: run the tests as root "
+                    "(scripts/test.sh in CI is)")
     with running_slurm(tmp_path_factory.mktemp("slurm")) as cluster:
         yield cluster
 
