@@ -14,6 +14,9 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # verifies th
 [ -x /usr/sbin/slurmd ] || need_apt+=(slurmd)
 command -v scontrol >/dev/null 2>&1 || need_apt+=(slurm-client)
 [ -x /usr/sbin/munged ] || need_apt+=(munge)
+# Slurm's accounting (slurmdbd on MariaDB): checks 'gpuwarden policy export --slurm' for real
+[ -x /usr/sbin/slurmdbd ] || need_apt+=(slurmdbd)
+[ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
 scripts/setup.sh "${need_apt[@]}"
 
 echo "==> ruff"

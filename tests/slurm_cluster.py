@@ -53,6 +53,8 @@ class SlurmCluster:
     workdir: Path
     nodes: tuple[str, ...] = NODES
     extra_config: Sequence[str] = ()
+    # slurmdbd's port (tests/slurmdbd.py): accounting on, with gres/gpu as a TRES
+    accounting_port: int | None = None
     ctld_port: int = field(default_factory=free_port)
     node_ports: dict[str, int] = field(default_factory=dict)
     _ctld: subprocess.Popen[bytes] | None = None
@@ -97,7 +99,12 @@ class SlurmCluster:
             "MailProg=/bin/true",
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
             "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none", "JobCompType=jobcomp/none",
+            *(["AccountingStorageType=accounting_storage/none"] if self.accounting_port is None
+              else ["AccountingStorageType=accounting_storage/slurmdbd",
+                    "AccountingStorageHost=localhost",
+                    f"AccountingStoragePort={self.accounting_port}",
+                    "AccountingStorageTRES=gres/gpu"]),
+            "JobCompType=jobcomp/none",
             "MpiDefault=none", "SwitchType=switch/none",
             "SchedulerType=sched/backfill", "SchedulerParameters=sched_interval=2",
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
@@ -245,8 +252,10 @@ def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
 
 
 @contextlib.contextmanager
-def running_slurm(workdir: Path, extra_config: Sequence[str] = ()) -> Iterator[SlurmCluster]:
-    cluster = SlurmCluster(workdir, extra_config=extra_config)
+def running_slurm(
+    workdir: Path, extra_config: Sequence[str] = (), accounting_port: int | None = None
+) -> Iterator[SlurmCluster]:
+    cluster = SlurmCluster(workdir, extra_config=extra_config, accounting_port=accounting_port)
     try:
         cluster.start()
         yield cluster
