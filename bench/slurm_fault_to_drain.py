@@ -79,10 +79,10 @@ def node_state(slurm: SlurmCluster, name: str) -> tuple[bool, str]:
     return "DRAIN" in node["state_flags"], str(node["reason"])
 
 
-async def until(slurm: SlurmCluster, name: str, drained: bool, timeout: float) -> float | None:
+async def until(slurm: SlurmCluster, name: str, drained: bool, within: float) -> float | None:
     """Poll sinfo back to back until ``name`` is (not) drained by gpuwarden; the moment it
-    first shows so, or None after ``timeout``."""
-    deadline = time.monotonic() + timeout
+    first shows so, or None after ``within`` seconds."""
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         now_drained, reason = await asyncio.to_thread(node_state, slurm, name)
         seen = time.monotonic()

@@ -246,9 +246,12 @@ async def test_past_max_unhealthy_a_second_node_is_not_drained(
     assert lifecycle == "healthy"
 
 
-async def test_a_drain_that_fails_while_the_controller_is_down_lands_once_it_is_back(
+async def test_while_the_controller_is_down_the_drain_is_retried_and_nothing_is_lost(
     slurm: SlurmCluster, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
+    log = tmp_path / "job.log"
+    job_id = submit_logging_job(slurm, log, "-w", "node2")
+    await running_on(slurm, job_id)
     async with (
         fleet(mosquitto.port) as agents,
         running_coordinator(settings(tmp_path, mosquitto, slurm)) as coordinator,
@@ -267,13 +270,23 @@ async def test_a_drain_that_fails_while_the_controller_is_down_lands_once_it_is_
             await asyncio.to_thread(slurm.start_controller)
         node = await eventually(lambda: sinfo(slurm, "node2"), drained, within=30,
                                 what="node2 drained once slurmctld is back")  # fmt: skip
-        audit = await coordinator.api.audit("node2")
+        await eventually(lambda: asyncio.to_thread(slurm.job, job_id),
+                         lambda j: j is not None and j["restart_cnt"] == 1, within=30,
+                         what="its job requeued once slurmctld is back")  # fmt: skip
+        marks = await coordinator.api.audit("node2")
+        everything = await coordinator.api.audit()
 
     assert node["reason"].startswith("gpuwarden: XID 79 on GPU 0 (pending-reboot)")
-    decisions = [e for e in audit if e["kind"] == "decision"]
-    outcomes = [e["outcome"] for e in audit if e["kind"] == "action_finished"]
+    decisions = [e for e in marks if e["kind"] == "decision"]
+    outcomes = [e["outcome"] for e in marks if e["kind"] == "action_finished"]
     assert len(decisions) == 1  # decided once, retried until it landed
     assert outcomes[0] == "failed" and outcomes[-1] == "ok"
+    drain_landed = next(e["id"] for e in marks if e["outcome"] == "ok")
+    job_actions = [e for e in everything if e["task"] == f"slurm-job/{job_id}"
+                   and e["kind"] == "action_started"]  # fmt: skip
+    assert [e["action"] for e in job_actions] == ["signal", "requeue"]
+    assert job_actions[0]["id"] > drain_landed  # never requeued onto a node not yet drained
+    assert lines(log)[:2] == ["start node2 0", "usr1 node2"]
 
 
 async def test_a_coordinator_that_lost_its_state_reads_the_drain_back_from_slurm(

@@ -56,10 +56,13 @@ def build(
     async def held_out() -> list[str]:
         return [facts.name for facts in await actuator.list_marked()]
 
+    async def drained(slurm_node: str) -> bool:
+        return any(n.name == slurm_node and n.drained for n in await actuator.read_nodes())
+
     requeue = SlurmRequeue(
         commands, audit,
         RequeueSettings(signal=settings.requeue_signal, grace_s=settings.requeue_grace_s,
                         max_requeues=settings.max_requeues, actor=actor, dry_run=dry_run),
-        names=names, held_out=held_out,
+        names=names, held_out=held_out, drained=drained,
     )  # fmt: skip
     return actuator, requeue

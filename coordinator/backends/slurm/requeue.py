@@ -9,7 +9,8 @@ else: quotas, fair share and priorities are Slurm's own (``gpuwarden policy expo
 writes them in Slurm's terms), so no second scheduler runs beside slurmctld.
 
 ``on_node_out`` returns at once (the remediator awaits it); each node's jobs are handled in
-a task of their own, so one node's grace delays no other node. Every decision is audited
+a task of their own, so one node's grace delays no other node, and only once Slurm shows
+the node drained (``drained``), so a requeued job cannot land on it again. Every decision is audited
 (kind ``decision``, ``dry_run`` set under ``--dry-run``, when nothing else happens), every
 command before and after. Like the task governor's, no entry names a node in its ``node``
 column (the remediator rebuilds node lifecycles from the entries that do); the node is in
@@ -69,6 +70,7 @@ class SlurmRequeue:
         *,
         names: NodeNames | None = None,
         held_out: Callable[[], Awaitable[Iterable[str]]] | None = None,
+        drained: Callable[[str], Awaitable[bool]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._commands = commands
@@ -76,6 +78,7 @@ class SlurmRequeue:
         self.settings = settings
         self._names = names or NodeNames()
         self._held_out = held_out
+        self._drained = drained
         self._sleep = sleep
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._busy: set[str] = set()
@@ -125,6 +128,10 @@ class SlurmRequeue:
         finally done to each job."""
         slurm_node = self._names.slurm(node)
         plans = plan_node_out(await self._jobs(), slurm_node, self.settings.max_requeues)
+        if plans and not self.settings.dry_run and self._drained is not None:
+            # a job requeued before the drain lands could be placed on this node again
+            await self._retried(lambda: self._until_drained(slurm_node))
+            plans = plan_node_out(await self._jobs(), slurm_node, self.settings.max_requeues)
         for plan in plans:
             await self._record(AuditEntry(
                 kind=AuditKind.DECISION, actor=self.settings.actor, task=_task(plan.job),
@@ -153,6 +160,16 @@ class SlurmRequeue:
             else:
                 log.info("job left as it is", node=node, job=final.job.id, why=final.why)
         return finals
+
+    async def _until_drained(self, slurm_node: str) -> None:
+        assert self._drained is not None
+        waited = 0
+        while not await self._drained(slurm_node):
+            waited += 1
+            if waited == 1:
+                log.warning("waiting for the node's drain before requeuing its jobs",
+                            node=slurm_node)  # fmt: skip
+            await self._sleep(backoff_delay(waited, 0.5, 30.0))
 
     async def _jobs(self) -> list[SlurmJob]:
         """Every job, from ``squeue --json`` (whose node filter the JSON output ignores);
