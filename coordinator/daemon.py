@@ -16,7 +16,7 @@ from typing import Protocol
 import structlog
 from prometheus_client import CollectorRegistry
 
-from coordinator.actuators import Actuator, NodeCatalog
+from coordinator.actuators import Actuator, NodeCatalog, NodeFacts
 from coordinator.alerts import Alert, AlertSender
 from coordinator.api import Json, UnknownNode
 from coordinator.audit import AuditLog
@@ -117,6 +117,8 @@ class Coordinator:
             refresh_s=settings.feed_refresh_s, clock=clock,
         )  # fmt: skip
         self.started_at = clock()
+        # the cluster's latest word on each node, for nodes whose agents report after it
+        self._catalog: dict[str, NodeFacts] = {}
 
     # --- ingest sink ----------------------------------------------------------------------
     def on_status(self, msg: StatusMessage) -> None:
@@ -129,6 +131,9 @@ class Coordinator:
         before = None if record is None else _verdict_key(record)
         if self.model.apply_state(msg, self.clock()):
             record = self.model.node(msg.node)
+            known = self._catalog.get(msg.node)
+            if record is not None and record.cluster_gpus is None and known is not None:
+                self.model.note_facts(known)  # its first report since the cluster was read
             if record is not None and _verdict_key(record) != before:
                 self.feed.changed(msg.node)  # a new node, or news in its verdict
             self.remediator.poke(msg.node)
@@ -187,6 +192,7 @@ class Coordinator:
         facts = await self.actuator.list_node_facts()
         if facts is None:
             return None
+        self._catalog = {node.name: node for node in facts}
         for node in facts:
             record = self.model.node(node.name)
             before = None if record is None else record.gpus_total

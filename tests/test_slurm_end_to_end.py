@@ -336,6 +336,24 @@ async def test_opted_in_a_pending_reboot_asks_slurm_to_reboot_the_node(
     assert node["reason"].startswith("gpuwarden: XID 79 on GPU 0 (pending-reboot)")
 
 
+async def test_a_nodes_gpus_count_as_slurm_configures_them_when_its_agent_sees_fewer(
+    slurm: SlurmCluster, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    async with (
+        fleet(mosquitto.port) as agents,  # each fake agent reports 2 GPUs; GRES says gpu:8
+        running_coordinator(settings(tmp_path, mosquitto, slurm)) as coordinator,
+    ):
+        await agents.join(*NODES)
+        await healthy_fleet(coordinator)
+        node = await eventually(lambda: coordinator.api.node("node1"),
+                                lambda n: n["gpus_total"] == 8, what="node1 counted with 8 GPUs")
+        cluster = await coordinator.api.get("/api/v1/cluster")
+
+    assert (node["gpus_total"], node["gpus_healthy"]) == (8, 2)
+    assert cluster["capacity"]["gpus_total"] == 8 * len(NODES)
+    assert cluster["capacity"]["gpus_unhealthy"] == 6 * len(NODES)
+
+
 # --- requeue ---------------------------------------------------------------------------------
 
 
