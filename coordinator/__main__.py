@@ -74,6 +74,18 @@ def _kube_parts(settings: CoordinatorSettings) -> tuple[Actuator, Any, Any]:
     return actuator, elector, client
 
 
+def _slurm_parts(settings: CoordinatorSettings, audit: AuditLog) -> tuple[Actuator, TaskGovernance]:
+    """The Slurm actuator, and the requeue of jobs on nodes taken out (Slurm's own
+    scheduler does the rest of governance)."""
+    from coordinator.backends import slurm  # noqa: PLC0415 - only the Slurm path needs it
+
+    try:
+        return slurm.build(settings.slurm, audit, actor=settings.identity,
+                           dry_run=settings.dry_run)  # fmt: skip
+    except slurm.SlurmSetupError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def _policy_file(settings: CoordinatorSettings) -> PolicyFile | None:
     """The ``--policy`` file, validated whole before anything starts."""
     if settings.policy is None:
@@ -173,11 +185,17 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
         else AdmissionWebhook(policy_file.policy if policy_file else None, registry)
     )
     identity_tasks: list[asyncio.Task[Any]] = []
-    if settings.kube == "off":
+    if settings.backend == "local":
         actuator = LocalActuator(settings.state_dir / "marks.json")
         if policy_file is not None:
             log.warning("--policy is checked but not enforced: task governance governs "
                         "Kubernetes pods and --kube is off", policy=str(policy_file.path))
+    elif settings.backend == "slurm":
+        actuator, governance = _slurm_parts(settings, audit)
+        if policy_file is not None:
+            log.warning("--policy is checked but not enforced by gpuwarden on Slurm: Slurm "
+                        "schedules; give it the policy with 'gpuwarden policy export --slurm'",
+                        policy=str(policy_file.path))  # fmt: skip
     else:
         actuator, elector, client = _kube_parts(settings)
         if policy_file is not None:
@@ -193,6 +211,7 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
     audit.record(AuditEntry(kind=AuditKind.SYSTEM, actor=settings.identity, action="start",
                             reason="coordinator started",
                             details={"dry_run": settings.dry_run, "kube": settings.kube,
+                                     "backend": settings.backend,
                                      "policy": str(settings.policy) if settings.policy else None,
                                      "governance": governance is not None}))
     runner = None

@@ -19,8 +19,9 @@ Json = dict[str, Any]
 
 class TaskGovernance(Protocol):
     def teams(self) -> list[Json]: ...
-    def unassigned(self) -> Json:
-        """Capacity outside every team's guarantee, and how much of it borrowers use."""
+    def unassigned(self) -> Json | None:
+        """Capacity outside every team's guarantee, and how much of it borrowers use (None
+        where teams are not gpuwarden's to govern)."""
         ...
 
     def tasks(self) -> list[Json]: ...
