@@ -276,6 +276,11 @@ class Publisher:
             self._key_of = {e: k for e, k in self._key_of.items() if k in live}
         self._wake.set()
 
+    @property
+    def drained(self) -> asyncio.Event:
+        """Set while the coordinator has acknowledged every spooled event."""
+        return self._drained
+
     async def wait_drained(self) -> None:
         """Until the coordinator has acknowledged every spooled event (bound it with a
         timeout)."""

@@ -98,7 +98,7 @@ def build_parser(
                    help="where node marks and requeues go: kubernetes, slurm (drain, resume, "
                    "requeue with Slurm's commands) or local (marks.json only). Default: from "
                    "--kube (off: local, else kubernetes). When both are given --backend wins, "
-                   "and --kube only says how to reach Kubernetes")
+                   "and --kube only says how to reach Kubernetes (default: from --kube)")
     p.add_argument("--kube", default=e("KUBE", "off"),
                    help="auto | in-cluster | kubeconfig:PATH | off; off uses the local "
                    "actuator, for clusters without Kubernetes (default off)")

@@ -16,6 +16,7 @@ from typing import Any
 
 async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:  # noqa: ASYNC109
     """Wait until ``event`` is set or ``timeout`` seconds pass; True when it was set."""
+    raise_if_cancelled()  # a cancel swallowed just before must not turn into a long wait
     if event.is_set():
         return True
     waiter = asyncio.ensure_future(event.wait())
@@ -40,6 +41,12 @@ async def run_together(*coros: Coroutine[Any, Any, None]) -> None:
     first one raised. A TaskGroup would do the same but, on Python 3.11, leaves its parent's
     ``cancelling()`` count raised after a child fails, which the reconnect loops that call
     this would take for a request to stop."""
+    try:
+        raise_if_cancelled()  # a cancel swallowed just before must not start a session
+    except asyncio.CancelledError:
+        for c in coros:
+            c.close()
+        raise
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

@@ -72,3 +72,24 @@ async def test_after_a_sibling_failed_the_caller_is_not_taken_for_cancelled() ->
         await run_together(fails(), asyncio.sleep(10))
 
     raise_if_cancelled()  # a reconnect loop carries on
+
+
+async def test_a_session_is_not_started_after_a_cancel_was_swallowed() -> None:
+    started = []
+
+    async def session() -> None:
+        started.append(True)
+
+    async def loop() -> None:
+        # the cancel lands in a library call that swallows it (Python 3.11's wait_for)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(1)
+        await run_together(session(), asyncio.sleep(10))
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.01)
+    task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1.0)
+    assert started == []
