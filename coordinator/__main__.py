@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry
 from coordinator.actuators import Actuator
 from coordinator.api import build_app
 from coordinator.audit import AuditEntry, AuditKind, AuditLog
+from coordinator.backends.local.actuator import LocalActuator
 from coordinator.daemon import Coordinator, Leadership
 from coordinator.embedded_broker import EmbeddedBroker
 from coordinator.governance.policy import Policy, PolicyError
-from coordinator.local_actuator import LocalActuator
 from coordinator.pki import CertificateAuthority
 from coordinator.policy_watch import PolicyFile, PolicyWatch, one_line
 from coordinator.settings import CoordinatorSettings, parse_settings
@@ -37,7 +37,7 @@ from gpuwarden_common.daemon import StartupError, run_daemon, stop_on_signals
 from gpuwarden_common.http import serve
 
 if TYPE_CHECKING:
-    from coordinator.kube_governor import KubeGovernor
+    from coordinator.backends.kubernetes.governor import KubeGovernor
 
 log = structlog.get_logger("coordinator")
 
@@ -53,14 +53,9 @@ def static_dir() -> str | None:
 def _kube_parts(settings: CoordinatorSettings) -> tuple[Actuator, Any, Any]:
     """The node actuator, the leader elector and their API client (for task governance)."""
     # imported here: only the Kubernetes path needs the client
-    from coordinator.kube import (  # noqa: PLC0415
-        KubeActuator,
-        KubeConfigError,
-        LeaderElector,
-        LeaseSettings,
-        kube_client_from,
-        leader_identity,
-    )
+    from coordinator.backends.kubernetes.actuator import KubeActuator  # noqa: PLC0415
+    from coordinator.backends.kubernetes.client import KubeConfigError, kube_client_from  # noqa: PLC0415
+    from coordinator.backends.kubernetes.leader import LeaderElector, LeaseSettings, leader_identity  # noqa: PLC0415
 
     try:
         client = kube_client_from(settings.kube)
@@ -104,8 +99,8 @@ def _kube_governor(
     registry: CollectorRegistry,
 ) -> KubeGovernor:
     # imported here: only the Kubernetes path needs the client
-    from coordinator.kube import KubePods  # noqa: PLC0415
-    from coordinator.kube_governor import GovernorSettings, KubeGovernor  # noqa: PLC0415
+    from coordinator.backends.kubernetes.governor import GovernorSettings, KubeGovernor  # noqa: PLC0415
+    from coordinator.backends.kubernetes.pod_api import KubePods  # noqa: PLC0415
 
     pods = KubePods(client)  # the client is shared; the actuator closes it
     return KubeGovernor(
@@ -124,7 +119,7 @@ def _identity_tasks(
     """On Kubernetes with a CA: sign agents' certificates while leading, and keep the
     webhook configuration's caBundle on this CA."""
     # imported here: only the Kubernetes path needs the client
-    from coordinator.kube_csr import NodeCertificateSigner, SignerSettings  # noqa: PLC0415
+    from coordinator.backends.kubernetes.csr import NodeCertificateSigner, SignerSettings  # noqa: PLC0415
 
     signer = NodeCertificateSigner(
         client, ca,
@@ -141,8 +136,8 @@ def _identity_tasks(
 
 async def _set_ca_bundle(settings: CoordinatorSettings, client: Any,
                          ca: CertificateAuthority) -> None:
-    from coordinator.kube import describe  # noqa: PLC0415
-    from coordinator.kube_webhook import patch_ca_bundle  # noqa: PLC0415
+    from coordinator.backends.kubernetes.client import describe  # noqa: PLC0415
+    from coordinator.backends.kubernetes.webhook import patch_ca_bundle  # noqa: PLC0415
 
     try:
         await patch_ca_bundle(client, settings.webhook_configuration, ca.pem)
@@ -283,7 +278,7 @@ def _fan_out(governor: Any, webhook: AdmissionWebhook | None) -> Callable[[Polic
 
 async def _elect(elector: Any) -> None:
     """Run the election; a cluster configuration no retry can fix stops the daemon (exit 2)."""
-    from coordinator.kube import KubeConfigError  # noqa: PLC0415
+    from coordinator.backends.kubernetes.client import KubeConfigError  # noqa: PLC0415
 
     try:
         await elector.run()

@@ -1,6 +1,6 @@
 """How the coordinator acts on machines: one interface, several back ends.
 
-``coordinator.kube.KubeActuator`` applies DESIGN.md's Kubernetes contract,
+``coordinator.backends.kubernetes.actuator.KubeActuator`` applies DESIGN.md's Kubernetes contract,
 ``coordinator.backends.slurm.SlurmActuator`` its Slurm contract; ``LocalActuator`` records what
 it would do (demo, systemd installs). ``--dry-run`` is handled above both: the
 decision is audited and no actuator method is called.

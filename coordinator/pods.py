@@ -1,7 +1,8 @@
 """Pods as task governance sees them: parsing, diffing, and grouping into tasks.
 
 Pure and free of ``kubernetes`` types, so governance code (and its tests) can use it without
-the client; :mod:`coordinator.kube` reads pods from the API server into :class:`PodInfo`.
+the client; :mod:`coordinator.backends.kubernetes.pod_api` reads pods from the API server
+into :class:`PodInfo`.
 
 A task is the set of pods sharing the ``gpuwarden.io/task`` label in one namespace; the
 coordinator admits it by removing the ``gpuwarden.io/admission`` scheduling gate from every

@@ -15,9 +15,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from coordinator.audit import AuditKind, AuditLog, AuditRecord
+from coordinator.backends.kubernetes.client import RetryPolicy, api_client_for_url, close_api_client
+from coordinator.backends.kubernetes.governor import GovernorSettings, KubeGovernor
+from coordinator.backends.kubernetes.pod_api import KubePods
 from coordinator.governance import Policy
-from coordinator.kube import KubePods, RetryPolicy, api_client_for_url, close_api_client
-from coordinator.kube_governor import GovernorSettings, KubeGovernor
 from coordinator.pods import (
     ADMISSION_GATE,
     CHECKPOINT_GRACE_ANNOTATION,
