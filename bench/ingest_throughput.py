@@ -12,8 +12,11 @@ and (b) the Ingestor with a sink that does nothing:
    first message to its last.
 
 Draining a backlog measures the consumer's own ceiling: a live run would only measure the
-publisher whenever it is the slower side. Targets: the Ingestor >= 4,000 msg/s and >= 0.6
-of the bare subscriber's rate. Exits 1 when a target is missed.
+publisher whenever it is the slower side. Each consumer is measured twice: its wall-clock
+drain rate (this machine and broker only, and noisy when other work shares the CPUs) and
+its messages per CPU-second of its own process (its intrinsic cost, portable). Targets:
+the Ingestor >= 4,000 msg/s wall-clock here, and >= 0.8 of the bare subscriber's messages
+per CPU-second. Exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -37,7 +41,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
 from bench._common import CLUSTER, progress, scratch_broker
-from coordinator.ingest import IngestGate, Ingestor, IngestStats
+from coordinator.ingest import Ingestor, IngestStats
+from coordinator.ingest_gate import IngestGate
 from gpuwarden_common.broker import BrokerSettings
 from gpuwarden_common.health import Action, Finding, Health, Severity
 from gpuwarden_common.wire import (
@@ -59,7 +64,7 @@ from gpuwarden_common.wire import (
 )
 
 TARGET_RATE = 4000.0
-TARGET_RATIO = 0.6
+TARGET_RATIO = 0.8  # of the bare subscriber's messages per CPU-second
 
 
 def realistic_state(node: str, seq: int, gpus: int = 8) -> StateMessage:
@@ -157,6 +162,8 @@ class Stopwatch:
         self.count = 0
         self.first: float | None = None
         self.last: float | None = None
+        self.cpu_first = 0.0
+        self.cpu_last = 0.0
         self.done = asyncio.Event()
         self._report = progress(target, lambda n: f"  {label}: {n:,}/{target:,}")
 
@@ -164,15 +171,22 @@ class Stopwatch:
         now = time.perf_counter()
         if self.first is None:
             self.first = now
+            self.cpu_first = time.process_time()
         self.count += 1
         self._report(self.count)
         if self.count == self.target:
             self.last = now
+            self.cpu_last = time.process_time()
             self.done.set()
 
     def rate(self) -> float:
         assert self.first is not None and self.last is not None
         return (self.count - 1) / (self.last - self.first)
+
+    def cpu_rate(self) -> float:
+        """Messages per CPU-second of this process (every thread: paho's and the loop's):
+        the consumer's own cost, which other work on the machine does not change."""
+        return (self.count - 1) / (self.cpu_last - self.cpu_first)
 
 
 async def forget_session(port: int, client_id: str) -> None:
@@ -182,7 +196,13 @@ async def forget_session(port: int, client_id: str) -> None:
         pass
 
 
-async def bare_rate(port: int, messages: int, nodes: int, *, decoding: bool = False) -> float:
+@dataclass(frozen=True)
+class Rates:
+    wall: float  # messages per second of the drain (this machine, this broker)
+    cpu: float  # messages per CPU-second of the consumer's process (its own cost)
+
+
+async def bare_rate(port: int, messages: int, nodes: int, *, decoding: bool = False) -> Rates:
     """A subscriber that only counts, or (``decoding``) also runs ``wire.decode``: the cost
     no ingest path can avoid, shown to tell the Ingestor's own overhead from it."""
     client_id = "bench-bare"
@@ -206,7 +226,7 @@ async def bare_rate(port: int, messages: int, nodes: int, *, decoding: bool = Fa
             if watch.done.is_set():
                 break
     await forget_session(port, client_id)
-    return watch.rate()
+    return Rates(watch.rate(), watch.cpu_rate())
 
 
 class CountingSink:
@@ -225,7 +245,7 @@ class CountingSink:
         self._watch.tick()
 
 
-async def ingest_rate(port: int, messages: int, nodes: int) -> tuple[float, IngestStats]:
+async def ingest_rate(port: int, messages: int, nodes: int) -> tuple[Rates, IngestStats]:
     client_id = "bench-ingest"
     watch = Stopwatch(messages, "ingestor")
     gate = IngestGate(CLUSTER, CollectorRegistry())
@@ -253,13 +273,13 @@ async def ingest_rate(port: int, messages: int, nodes: int) -> tuple[float, Inge
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await forget_session(port, client_id)
-    return watch.rate(), second.stats()
+    return Rates(watch.rate(), watch.cpu_rate()), second.stats()
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    bare: list[float] = []
-    decoding: list[float] = []
-    ingest: list[float] = []
+    bare: list[Rates] = []
+    decoding: list[Rates] = []
+    ingest: list[Rates] = []
     with scratch_broker() as (_tmp, broker):
         print(
             f"broker on port {broker.port}; {args.rounds} rounds of {args.messages:,} state "
@@ -270,36 +290,43 @@ async def main_async(args: argparse.Namespace) -> int:
         for round_no in range(1, args.rounds + 1):
             print(f"round {round_no}: (a) bare aiomqtt subscriber", flush=True)
             bare.append(await bare_rate(broker.port, args.messages, args.nodes))
-            print(f"  bare subscriber: {bare[-1]:,.0f} msg/s", flush=True)
+            print(f"  bare subscriber: {_show(bare[-1])}", flush=True)
             print(f"round {round_no}: (b) Ingestor, null sink", flush=True)
-            rate, stats = await ingest_rate(broker.port, args.messages, args.nodes)
-            ingest.append(rate)
+            rates, stats = await ingest_rate(broker.port, args.messages, args.nodes)
+            ingest.append(rates)
             print(
-                f"  ingestor: {rate:,.0f} msg/s accepted (accepted {stats.accepted:,}, "
-                f"rejected {stats.rejected:,}, internal errors {stats.internal_errors:,})",
+                f"  ingestor: {_show(rates)} (accepted {stats.accepted:,}, rejected "
+                f"{stats.rejected:,}, internal errors {stats.internal_errors:,})",
                 flush=True,
             )
             print(f"round {round_no}: (ref) bare subscriber + wire.decode", flush=True)
             decoding.append(await bare_rate(broker.port, args.messages, args.nodes, decoding=True))
-            print(f"  bare subscriber + decode: {decoding[-1]:,.0f} msg/s", flush=True)
-    bare_median = statistics.median(bare)
-    ingest_median = statistics.median(ingest)
-    decoding_median = statistics.median(decoding)
-    ratio = ingest_median / bare_median
-    ok = ingest_median >= TARGET_RATE and ratio >= TARGET_RATIO
+            print(f"  bare subscriber + decode: {_show(decoding[-1])}", flush=True)
+    wall = {k: statistics.median(r.wall for r in v)
+            for k, v in (("bare", bare), ("ingest", ingest), ("decode", decoding))}  # fmt: skip
+    cpu = {k: statistics.median(r.cpu for r in v)
+           for k, v in (("bare", bare), ("ingest", ingest), ("decode", decoding))}  # fmt: skip
+    cpu_ratio = cpu["ingest"] / cpu["bare"]
+    ok = wall["ingest"] >= TARGET_RATE and cpu_ratio >= TARGET_RATIO
     print(
-        f"reference (median): a bare subscriber that also runs wire.decode takes "
-        f"{decoding_median:,.0f} msg/s; the Ingestor reaches "
-        f"{ingest_median / decoding_median:.2f} of that",
+        f"reference (medians): a bare subscriber that also runs wire.decode takes "
+        f"{cpu['decode']:,.0f} msg per CPU-second; the Ingestor {cpu['ingest']:,.0f} "
+        f"({cpu['ingest'] / cpu['decode']:.2f} of it); wall-clock drain ratio ingestor/bare "
+        f"{wall['ingest'] / wall['bare']:.2f} (noisy on a shared machine)",
         flush=True,
     )
     print(
-        f"result (medians): bare {bare_median:,.0f} msg/s, ingestor {ingest_median:,.0f} msg/s, "
-        f"ratio {ratio:.2f} (targets >= {TARGET_RATE:,.0f} msg/s and >= {TARGET_RATIO}): "
-        f"{'PASS' if ok else 'FAIL'}",
+        f"result (medians): ingestor {wall['ingest']:,.0f} msg/s here (target >= "
+        f"{TARGET_RATE:,.0f}, this machine only); per CPU-second ingestor {cpu['ingest']:,.0f} "
+        f"vs bare {cpu['bare']:,.0f}, ratio {cpu_ratio:.2f} (target >= {TARGET_RATIO}, "
+        f"portable): {'PASS' if ok else 'FAIL'}",
         flush=True,
     )
     return 0 if ok else 1
+
+
+def _show(rates: Rates) -> str:
+    return f"{rates.wall:,.0f} msg/s, {rates.cpu:,.0f} msg per CPU-second"
 
 
 def main() -> None:

@@ -23,7 +23,8 @@ from coordinator.audit import AuditLog
 from coordinator.broker_probe import accepts_anonymous
 from coordinator.definitions import terms_json
 from coordinator.feed import HealthFeed, verdict_of
-from coordinator.ingest import BootConflict, IngestGate, Ingestor
+from coordinator.ingest import Ingestor
+from coordinator.ingest_gate import BootConflict, IngestGate
 from coordinator.inventory import NodeInventory
 from coordinator.lifecycle import FAULT_STATES, LifecycleConfig, Transition
 from coordinator.metrics import CoordinatorMetrics
@@ -42,7 +43,7 @@ from gpuwarden_common.wire import (
     EventKind,
     EventMessage,
     NodeVerdictMessage,
-    StateMessage,
+    StateDigest,
     StatusMessage,
 )
 
@@ -129,7 +130,7 @@ class Coordinator:
         if self.model.apply_status(msg, self.clock()):
             self.remediator.poke(msg.node)
 
-    def on_state(self, msg: StateMessage) -> None:
+    def on_state(self, msg: StateDigest) -> None:
         self.inventory.unknown(msg.node)  # a node the cluster's list does not name: read again
         record = self.model.node(msg.node)
         before = None if record is None else _verdict_key(record)

@@ -1,315 +1,42 @@
-"""The coordinator's MQTT intake: validate, order and deduplicate agent messages.
-
-Two halves. :class:`IngestGate` is pure: bytes and a topic in, an accepted message or a
-:class:`~gpuwarden_common.wire.WireError` out, with Prometheus counters. :class:`Ingestor` is
-the I/O: one aiomqtt connection, reconnected forever, that feeds the gate and hands what it
-accepts to an :class:`IngestSink` (the capacity model).
-
-Ordering is per node: each node has a current ``boot_id`` (a new one starts over, and the
-boots it replaced are remembered so their late messages are refused) and, for status and
-state, the last accepted ``seq``. Retained replays after a reconnect therefore come back
-``stale``. Events are not ordered but deduplicated on ``event_id``: an agent resends every
-event until the coordinator acknowledges it (:class:`Ingestor` publishes the acks), so a
-resend may come after newer messages and must still be taken.
-
-A forged or cloned publisher must not silence the real agent: a status or state stamped
-further ahead of the coordinator's clock than ``max_clock_skew_s`` is refused
-(``clock_skew``), and a boot that was replaced but keeps talking (its message is newer than
-the switch) is taken back as the node's boot and reported as a conflict, never ignored.
+"""The coordinator's MQTT intake: one aiomqtt connection, reconnected forever, that feeds the
+:class:`~coordinator.ingest_gate.IngestGate` and hands what it accepts to an
+:class:`IngestSink` (the capacity model), and acknowledges every fault event it took, so the
+agents keep each one until the coordinator, not just the broker, has it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import aiomqtt
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from coordinator.ingest_gate import INTERNAL_ERROR, BootConflict, IngestGate, Refusal, kind_of
 from gpuwarden_common.aio import raise_if_cancelled, run_together
 from gpuwarden_common.backoff import backoff_delay
 from gpuwarden_common.broker import BrokerSettings
 from gpuwarden_common.wire import (
-    TOPIC_ROOT,
     AckMessage,
-    AgentMessage,
     EventMessage,
     Kind,
-    StateMessage,
+    StateDigest,
     StatusMessage,
     WireError,
     agent_subscriptions,
     cluster_health_topic,
-    decode,
     encode,
     node_topic,
-    parse_node_topic,
 )
 
 log = structlog.get_logger("coordinator.ingest")
 
-# Reasons the gate adds to wire.decode's own (bad_topic, oversized, bad_json,
-# unknown_schema, invalid, node_mismatch).
-WRONG_CLUSTER = "wrong_cluster"
-STALE = "stale"
-DUPLICATE = "duplicate"
-CLOCK_SKEW = "clock_skew"
-INTERNAL_ERROR = "internal_error"
 # the most event ids one acknowledgement carries (the wire's bound)
 ACK_BATCH = 4096
-
-
-class Refusal(WireError):
-    """A valid message the gate will not pass on; ``message`` is it, decoded."""
-
-    def __init__(self, reason: str, detail: str, message: AgentMessage) -> None:
-        super().__init__(reason, detail)
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class BootConflict:
-    """Two boots of one node talk at once: a forger, or a cloned machine."""
-
-    node: str
-    live_boot: str
-    other_boot: str
-
-_UNKNOWN_KIND = "unknown"
-_KIND_OF_TYPE = {"status": Kind.STATUS, "state": Kind.STATE, "event": Kind.EVENTS}
-
-
-# --- metrics -------------------------------------------------------------------------------
-
-
-class IngestMetrics:
-    """The ingest counters, on a registry the caller owns (never the global one)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.messages = Counter(
-            "gpuwarden_ingest_messages_total",
-            "Agent messages received, by topic kind and outcome "
-            "(accepted, rejected, internal_error: accepted but its handling raised).",
-            ["kind", "outcome"],
-            registry=registry,
-        )
-        self.rejected = Counter(
-            "gpuwarden_ingest_rejected_total",
-            "Agent messages dropped, by reason.",
-            ["reason"],
-            registry=registry,
-        )
-        self.connected = Gauge(
-            "gpuwarden_ingest_connected",
-            "1 while the coordinator's MQTT connection is up and subscribed.",
-            registry=registry,
-        )
-        self.acks = Counter(
-            "gpuwarden_ingest_acks_total",
-            "Fault events acknowledged back to their agents",
-            registry=registry,
-        )
-        self.boot_conflicts = Counter(
-            "gpuwarden_ingest_boot_conflicts_total",
-            "Messages from a node's replaced boot that was still talking (forgery or a clone)",
-            registry=registry,
-        )
-        self.sink_seconds = Histogram(
-            "gpuwarden_ingest_sink_seconds",
-            "Time the sink (the capacity model) took per accepted message.",
-            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25, 1.0),
-            registry=registry,
-        )
-        # labels() hashes and locks on every call; the hot path reuses the children.
-        self._message_children: dict[tuple[str, str], Counter] = {}
-        self._reason_children: dict[str, Counter] = {}
-
-    def count(self, kind: str, outcome: str, reason: str | None = None) -> None:
-        child = self._message_children.get((kind, outcome))
-        if child is None:
-            child = self.messages.labels(kind=kind, outcome=outcome)
-            self._message_children[(kind, outcome)] = child
-        child.inc()
-        if reason is not None:
-            by_reason = self._reason_children.get(reason)
-            if by_reason is None:
-                by_reason = self.rejected.labels(reason=reason)
-                self._reason_children[reason] = by_reason
-            by_reason.inc()
-
-
-# --- the gate (pure) ------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Cursor:
-    seq: int
-    ts: float
-
-
-@dataclass(slots=True)
-class _Boot:
-    """One boot's cursors; ``replaced_at`` is the agent time of the first message of the boot
-    that replaced it (what it said before that is history, what it says after, a conflict)."""
-
-    boot_id: str
-    cursors: dict[Kind, _Cursor] = field(default_factory=dict)
-    replaced_at: float = 0.0
-
-
-@dataclass(slots=True)
-class _NodeOrder:
-    current: _Boot
-    retired: OrderedDict[str, _Boot] = field(default_factory=OrderedDict)
-
-
-_RETIRED_BOOTS = 4
-
-
-class IngestGate:
-    """Decides which agent messages reach the model. Not thread-safe: one caller.
-
-    ``accept`` raises :class:`WireError` for every refusal (:class:`Refusal`, with the decoded
-    message, once it decoded); ``err.reason`` is the metric label. Beyond
-    :func:`~gpuwarden_common.wire.decode`'s checks it refuses:
-
-    - ``wrong_cluster``: the topic or the payload names another cluster;
-    - ``clock_skew``: a status or state stamped more than ``max_clock_skew_s`` ahead of now;
-    - ``stale``: same boot and a ``seq`` not above the last accepted for that node and kind
-      (retained replays, reordering), or a message a replaced boot sent before it was
-      replaced;
-    - ``duplicate``: an event whose ``event_id`` was accepted within the recent window.
-
-    One exception to ``stale``: a lower ``seq`` with a *later* agent timestamp than the
-    last accepted is the agent process restarting within the same boot (its counter
-    starts at 0 again), so it starts over instead of being refused until the counter
-    catches up. A replay carries its original timestamp and stays stale.
-    """
-
-    def __init__(
-        self,
-        cluster: str,
-        registry: CollectorRegistry,
-        *,
-        dedupe_window_s: float = 3600.0,
-        dedupe_max: int = 100_000,
-        max_nodes: int = 100_000,
-        max_clock_skew_s: float = 30.0,
-    ) -> None:
-        self.cluster = cluster
-        self.metrics = IngestMetrics(registry)
-        self._topic_prefix = f"{TOPIC_ROOT}/{cluster}/"
-        self._dedupe_window_s = dedupe_window_s
-        self._dedupe_max = dedupe_max
-        self._max_nodes = max_nodes
-        self._max_skew_s = max_clock_skew_s
-        self._nodes: OrderedDict[str, _NodeOrder] = OrderedDict()
-        self._recent_events: OrderedDict[tuple[str, str], float] = OrderedDict()
-        self._conflicts: list[BootConflict] = []
-
-    def accept(self, topic: str, payload: bytes, now: float) -> AgentMessage:
-        kind_label = _kind_of(topic)
-        try:
-            if not topic.startswith(self._topic_prefix):
-                # the rare path: say whether the topic is malformed or another cluster's
-                topic_cluster, _, _ = parse_node_topic(topic)
-                raise WireError(WRONG_CLUSTER, f"topic cluster {topic_cluster!r}")
-            msg = decode(topic, payload)
-            if msg.cluster != self.cluster:
-                raise WireError(WRONG_CLUSTER, f"payload cluster {msg.cluster!r}")
-            self._admit(_KIND_OF_TYPE[msg.type], msg, now)
-        except WireError as err:
-            self.metrics.count(kind_label, "rejected", err.reason)
-            raise
-        self.metrics.count(kind_label, "accepted")
-        return msg
-
-    def count_internal_error(self, kind: str) -> None:
-        """For the caller: a message passed the gate but handling it raised."""
-        self.metrics.count(kind, INTERNAL_ERROR, INTERNAL_ERROR)
-
-    def forget_node(self, node: str) -> None:
-        """Drop a node's ordering state (the model removed the node)."""
-        self._nodes.pop(node, None)
-
-    def take_conflicts(self) -> Sequence[BootConflict]:
-        """Boot conflicts seen since the last call, for the caller to report."""
-        if not self._conflicts:
-            return ()
-        found, self._conflicts = self._conflicts, []
-        return found
-
-    def _admit(self, kind: Kind, msg: AgentMessage, now: float) -> None:
-        """Check order and duplicates; commit only when the message is accepted."""
-        event_key: tuple[str, str] | None = None
-        if isinstance(msg, EventMessage):
-            self._expire_events(now)
-            event_key = (msg.node, msg.event_id)
-            if event_key in self._recent_events:
-                raise Refusal(DUPLICATE, f"event {msg.event_id} from {msg.node}", msg)
-        elif msg.ts > now + self._max_skew_s:
-            raise Refusal(
-                CLOCK_SKEW,
-                f"{msg.node}: stamped {msg.ts - now:.0f}s ahead of this coordinator's clock "
-                f"(at most {self._max_skew_s:g}s); check the node's NTP",
-                msg,
-            )
-        boot = self._boot_of(msg)
-        if event_key is None:
-            cursor = boot.cursors.get(kind)
-            if cursor is not None and msg.seq <= cursor.seq and msg.ts <= cursor.ts:
-                raise Refusal(STALE, f"{msg.node} {kind.value} seq {msg.seq} <= {cursor.seq}",
-                              msg)  # fmt: skip
-            boot.cursors[kind] = _Cursor(msg.seq, msg.ts)
-        self._nodes.move_to_end(msg.node)
-
-        if event_key is not None:
-            self._recent_events[event_key] = now
-            if len(self._recent_events) > self._dedupe_max:
-                self._recent_events.popitem(last=False)
-
-    def _boot_of(self, msg: AgentMessage) -> _Boot:
-        """The boot ``msg`` belongs to, made the node's current one; raises for history."""
-        order = self._nodes.get(msg.node)
-        if order is None:
-            order = self._nodes[msg.node] = _NodeOrder(_Boot(msg.boot_id))
-            # A hostile or misconfigured publisher inventing node names must not grow memory
-            # without bound: the least recently heard node loses its ordering state first.
-            while len(self._nodes) > self._max_nodes:
-                self._nodes.popitem(last=False)
-            return order.current
-        if order.current.boot_id == msg.boot_id:
-            return order.current
-        returning = order.retired.get(msg.boot_id)
-        if returning is not None:
-            if msg.ts <= returning.replaced_at:
-                raise Refusal(STALE, f"{msg.node}: boot {msg.boot_id} was replaced", msg)
-            # the boot that was replaced is still talking: two boots at once
-            self.metrics.boot_conflicts.inc()
-            self._conflicts.append(BootConflict(msg.node, msg.boot_id, order.current.boot_id))
-            del order.retired[msg.boot_id]
-        else:
-            returning = _Boot(msg.boot_id)
-        order.current.replaced_at = msg.ts
-        order.retired[order.current.boot_id] = order.current
-        while len(order.retired) > _RETIRED_BOOTS:
-            order.retired.popitem(last=False)
-        order.current = returning
-        return returning
-
-    def _expire_events(self, now: float) -> None:
-        horizon = now - self._dedupe_window_s
-        recent = self._recent_events
-        while recent:
-            oldest_key = next(iter(recent))
-            if recent[oldest_key] >= horizon:
-                break
-            del recent[oldest_key]
 
 
 # --- small helpers for the I/O half (pure, tested on their own) -----------------------------
@@ -368,7 +95,7 @@ class IngestSink(Protocol):
 
     def on_status(self, msg: StatusMessage) -> None: ...
 
-    def on_state(self, msg: StateMessage) -> None: ...
+    def on_state(self, msg: StateDigest) -> None: ...
 
     def on_event(self, msg: EventMessage) -> None: ...
 
@@ -611,10 +338,11 @@ class Ingestor:
             return
         self._accepted += 1
         self._accepted_rate.add(now)
-        self._report_conflicts()
+        if self._gate.has_conflicts:
+            self._report_conflicts()
         started = time.perf_counter()
         try:
-            if isinstance(msg, StateMessage):
+            if isinstance(msg, StateDigest):
                 self._sink.on_state(msg)
             elif isinstance(msg, EventMessage):
                 self._sink.on_event(msg)
@@ -657,7 +385,7 @@ class Ingestor:
         self._sink_calls += 1
         self._sink_seconds_total += elapsed
         self._sink_seconds_max = max(self._sink_seconds_max, elapsed)
-        self._metrics.sink_seconds.observe(elapsed)
+        self._metrics.sink_took(elapsed)
         if elapsed >= self._slow_sink_s:
             allowed, suppressed = self._log_limiter.allow("slow_sink", now)
             if allowed:
@@ -681,20 +409,12 @@ class Ingestor:
 
     def _internal_error(self, topic: str, now: float) -> None:
         self._internal_errors += 1
-        self._gate.count_internal_error(_kind_of(topic))
+        self._gate.count_internal_error(kind_of(topic))
         allowed, suppressed = self._log_limiter.allow(INTERNAL_ERROR, now)
         if allowed:
             log.exception(
                 "agent message could not be handled", topic=topic[:200], suppressed=suppressed
             )
-
-
-def _kind_of(topic: str) -> str:
-    tail = topic.rpartition("/")[2]
-    return tail if tail in _KIND_VALUES else _UNKNOWN_KIND
-
-
-_KIND_VALUES = frozenset(k.value for k in Kind)
 
 
 def _payload_bytes(payload: object) -> bytes:

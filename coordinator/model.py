@@ -51,7 +51,13 @@ from gpuwarden_common.health import (
     strongest_action,
     worst_health,
 )
-from gpuwarden_common.wire import EventKind, EventMessage, GpuState, StateMessage, StatusMessage
+from gpuwarden_common.wire import (
+    EventKind,
+    EventMessage,
+    GpuDigest,
+    StateDigest,
+    StatusMessage,
+)
 
 UNKNOWN_INSTANCE_TYPE = "unknown"
 
@@ -79,7 +85,7 @@ class GpuView:
         return self.health in SERVICEABLE and not self.lost
 
     @classmethod
-    def of(cls, gpu: GpuState) -> GpuView:
+    def of(cls, gpu: GpuDigest) -> GpuView:
         return cls(
             index=gpu.index,
             uuid=gpu.uuid,
@@ -219,7 +225,7 @@ class ClusterModel:
 
     # -- agent messages --------------------------------------------------------------
 
-    def apply_state(self, msg: StateMessage, now: float) -> bool:
+    def apply_state(self, msg: StateDigest, now: float) -> bool:
         record = self._nodes.get(msg.node)
         if record is None:
             record = self._nodes[msg.node] = NodeRecord(msg.node, lifecycle_since=now)

@@ -14,13 +14,8 @@ import structlog
 import structlog.testing
 from prometheus_client import CollectorRegistry
 
-from coordinator.ingest import (
-    IngestGate,
-    Ingestor,
-    LogLimiter,
-    RateMeter,
-    backoff_delay,
-)
+from coordinator.ingest import Ingestor, LogLimiter, RateMeter, backoff_delay
+from coordinator.ingest_gate import IngestGate
 from gpuwarden_common.broker import BrokerSettings
 from gpuwarden_common.health import Action, Health, Severity
 from gpuwarden_common.wire import (
@@ -28,8 +23,8 @@ from gpuwarden_common.wire import (
     AgentMessage,
     EventKind,
     EventMessage,
-    HostState,
     Kind,
+    StateDigest,
     StateMessage,
     StatusMessage,
     WireError,
@@ -51,8 +46,9 @@ def state(
     ts: float | None = None,
     node: str = NODE,
     cluster: str = CLUSTER,
-) -> StateMessage:
-    return StateMessage(
+) -> StateDigest:
+    """A state as the coordinator decodes it (the gate hands out digests)."""
+    return StateDigest(
         cluster=cluster,
         node=node,
         seq=seq,
@@ -62,7 +58,6 @@ def state(
         health=Health.HEALTHY,
         action=Action.NONE,
         gpus=[],
-        host=HostState(),
     )
 
 
@@ -98,7 +93,7 @@ def topic(kind: Kind, node: str = NODE, cluster: str = CLUSTER) -> str:
 
 
 def kind_of(msg: AgentMessage) -> Kind:
-    if isinstance(msg, StateMessage):
+    if isinstance(msg, StateDigest | StateMessage):
         return Kind.STATE
     if isinstance(msg, EventMessage):
         return Kind.EVENTS
@@ -552,7 +547,7 @@ async def test_each_kind_reaches_its_own_sink_method(
         received = await sink.wait_for(3)
     assert sorted(type(m).__name__ for m in received) == [
         "EventMessage",
-        "StateMessage",
+        "StateDigest",
         "StatusMessage",
     ]
 

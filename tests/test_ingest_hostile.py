@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from coordinator.ingest import IngestGate
+from coordinator.ingest_gate import IngestGate
 from gpuwarden_common.health import Action, Health
 from gpuwarden_common.wire import (
     MAX_PAYLOAD_BYTES,

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from agent.publisher import Backoff, Publisher, Stamp
 from agent.spool import DirectorySpool, MemorySpool, Spool
-from coordinator.ingest import IngestGate, Ingestor
+from coordinator.ingest import Ingestor
+from coordinator.ingest_gate import IngestGate
 from gpuwarden_common.broker import BrokerSettings
 from gpuwarden_common.health import Action, Severity
 from gpuwarden_common.wire import (

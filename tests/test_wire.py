@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
 from gpuwarden_common.health import Action, Health, Severity
@@ -9,12 +10,18 @@ from gpuwarden_common.wire import (
     MAX_PAYLOAD_BYTES,
     EventKind,
     EventMessage,
+    GpuDigest,
+    GpuProcess,
+    GpuState,
     HostState,
     Kind,
+    ProcessDigest,
+    StateDigest,
     StateMessage,
     StatusMessage,
     WireError,
     decode,
+    decode_state,
     encode,
     node_topic,
 )
@@ -35,9 +42,37 @@ def _state(node: str = "gpu-1") -> StateMessage:
     )
 
 
-def test_state_round_trips_through_encode_and_decode() -> None:
+def test_state_round_trips_through_encode_and_decode_state() -> None:
     msg = _state()
-    assert decode(node_topic("c1", "gpu-1", Kind.STATE), encode(msg)) == msg
+    assert decode_state(encode(msg)) == msg
+
+
+def test_the_coordinator_decodes_a_state_into_what_its_model_reads() -> None:
+    gpu = GpuState(index=2, uuid="GPU-2", health=Health.UNHEALTHY, action=Action.REBOOT,
+                   utilization_gpu_pct=97.0, memory_used_bytes=5, memory_total_bytes=9,
+                   temperature_c=80.0, processes=[GpuProcess(pid=41, name="python")])  # fmt: skip
+    msg = msgspec.structs.replace(_state(), gpus=[gpu], instance_type="p5.48xlarge")
+
+    digest = decode(node_topic("c1", "gpu-1", Kind.STATE), encode(msg))
+
+    assert isinstance(digest, StateDigest)
+    assert (digest.seq, digest.instance_type, digest.health) == (msg.seq, "p5.48xlarge", msg.health)
+    [read] = digest.gpus
+    assert (read.index, read.health, read.utilization_gpu_pct) == (2, Health.UNHEALTHY, 97.0)
+    assert [p.pid for p in read.processes] == [41]
+
+
+@pytest.mark.parametrize(
+    ("digest", "full"),
+    [(StateDigest, StateMessage), (GpuDigest, GpuState), (ProcessDigest, GpuProcess)],
+)
+def test_every_digest_field_is_the_full_messages_own(digest: type, full: type) -> None:
+    # one place for each fact: the digest may leave fields out, never change one
+    full_fields = {f.name: f for f in msgspec.structs.fields(full)}
+    for field in msgspec.structs.fields(digest):
+        assert field.name in full_fields, field.name
+        if field.name not in {"gpus", "processes"}:  # lists of the digests themselves
+            assert field.type == full_fields[field.name].type, field.name
 
 
 def test_status_and_event_decode_by_topic_kind() -> None:
