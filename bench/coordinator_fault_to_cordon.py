@@ -28,7 +28,6 @@ import json
 import multiprocessing
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -72,6 +71,7 @@ from gpuwarden_common.wire import (
     node_topic,
 )
 from tests.fakekube import FakeKube, running_fake_kube
+from tests.processes import stop
 
 TARGET_P99_MS = 500.0
 INTERVAL_S = 10.0
@@ -165,13 +165,7 @@ def coordinator_process(
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop(proc)
 
 
 # --- the faults: this process ---------------------------------------------------------------

@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from bench._common import percentile, progress, scratch_broker, summary
 from tests.coordinator_harness import CLUSTER, Fleet, fleet, retained
+from tests.processes import stop
 from tests.slurm_cluster import NODES, SlurmCluster, missing_binaries, running_slurm
 
 TARGET_P99_MS = 1000.0
@@ -64,12 +64,7 @@ def coordinator_process(tmp: Path, broker_url: str, slurm: SlurmCluster) -> Iter
         try:
             yield
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop(proc)
 
 
 def node_state(slurm: SlurmCluster, name: str) -> tuple[bool, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.coordinator_harness import Api, eventually
+from tests.processes import stop
 
 
 class CoordinatorProcess:
@@ -61,10 +62,4 @@ def coordinator_process(argv: Sequence[str], tmp: Path, name: str) -> Iterator[C
         try:
             yield CoordinatorProcess(proc, Api(f"http://{_http_flag(argv)}"), log_path)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop(proc)
