@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gpuwarden_common.wire import Kind, StateMessage, decode, node_topic
+from gpuwarden_common.wire import Kind, StateDigest, decode, decode_state, node_topic
 
 
 def _agent(*args: str) -> subprocess.CompletedProcess[str]:
@@ -35,8 +35,9 @@ def test_once_prints_a_state_message_that_the_coordinator_accepts() -> None:
     done = _agent("--once", "--gpu-backend", "sim", "--node", "n1", "--cluster", "c1")
     assert done.returncode == 0, done.stderr
     msg = decode(node_topic("c1", "n1", Kind.STATE), done.stdout.strip())
-    assert isinstance(msg, StateMessage)
+    assert isinstance(msg, StateDigest)  # what the coordinator reads of it
     assert len(msg.gpus) == 8 and msg.health.value == "healthy"
+    assert len(decode_state(done.stdout.strip()).gpus) == 8  # and every reading is valid
 
 
 def test_a_bad_broker_url_is_refused_with_an_example() -> None:

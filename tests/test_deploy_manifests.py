@@ -665,12 +665,16 @@ def test_grafana_dashboard_parses_with_unique_panel_ids_and_queries_on_every_pan
 
 def _exposed_metric_names() -> set[str]:
     """Every series name the code can expose: each prometheus_client metric's name and the
-    suffixes the client adds to it."""
+    suffixes the client adds to it, whether a metric object or a family a collector yields
+    at scrape time."""
     suffixes = {
         "Counter": ("_total", "_created"),
         "Gauge": ("",),
         "Histogram": ("_bucket", "_sum", "_count", "_created"),
         "Summary": ("", "_sum", "_count", "_created"),
+        "CounterMetricFamily": ("_total",),
+        "GaugeMetricFamily": ("",),
+        "HistogramMetricFamily": ("_bucket", "_sum", "_count"),
     }
     names: set[str] = set()
     for package in ("agent", "coordinator", "gpuwarden_common"):
@@ -686,7 +690,8 @@ def _exposed_metric_names() -> set[str]:
                     and isinstance(first, ast.Constant)
                     and isinstance(first.value, str)
                 ):
-                    base = first.value.removesuffix("_total") if kind == "Counter" else first.value
+                    counter = kind in {"Counter", "CounterMetricFamily"}
+                    base = first.value.removesuffix("_total") if counter else first.value
                     names |= {base + suffix for suffix in suffixes[kind]}
     return names
 
