@@ -36,6 +36,8 @@ TEAM_COLUMNS = ("allocated", "borrowed", "lent", "used", "measured", "idle_alloc
 TASK_COLUMNS = ("allocated", "borrowed", "used", "measured", "idle_allocated", "lost_fault",
                 "lost_preemption")  # fmt: skip
 ALLOCATED, BORROWED, LENT, USED, MEASURED, IDLE = range(6)
+# the same amounts' places in a task's row (which has no lent, and the lost work)
+_TASK_COLUMN = {ALLOCATED: 0, BORROWED: 1, USED: 2, MEASURED: 3, IDLE: 4}
 LOST_FAULT, LOST_PREEMPTION = 5, 6
 HEALTHY, CLUSTER_ALLOCATED = 0, 1
 
@@ -129,22 +131,45 @@ class TaskUse:
     utilization_pct: float
 
 
+Shares = dict[tuple[tuple[str, float], str], "Share"]
+
+
+def measure(holdings: tuple[Holding, ...], readings: Readings, at: float,
+            config: AccrualConfig) -> Shares:  # fmt: skip
+    """Per (task, node), the task's measured use there at ``at``, where the node's reading is
+    fresh. Taken when the observation is: it holds, with the allocation, until the next."""
+    return _node_shares(holdings, readings, at, config)
+
+
+def task_use(holdings: tuple[Holding, ...], shares: Shares) -> dict[tuple[str, float], TaskUse]:
+    """Each holding task's measured use: GPUs measured and their mean utilization."""
+    use: dict[tuple[str, float], TaskUse] = {}
+    for h in holdings:
+        measured = busy = 0.0
+        for node, gpus in h.placement:
+            share = shares.get((h.key, node))
+            if share is not None:
+                measured += gpus
+                busy += share.busy
+        if measured:
+            use[h.key] = TaskUse(int(measured), 100.0 * busy / measured)
+    return use
+
+
 def accrue(
     books: Books,
     obs: Observation,
     until: float,
-    readings: Readings,
+    shares: Shares,
     node_types: Mapping[str, str],
-    config: AccrualConfig,
-) -> dict[tuple[str, float], TaskUse]:
-    """Add ``obs`` held over ``[obs.at, until)`` to ``books``; returns each holding task's
-    measured use at ``obs.at`` (for idle flagging and the live team utilization)."""
-    shares = _node_shares(obs.holdings, readings, obs.at, config)
+) -> None:
+    """Add ``obs`` (with its ``shares``, from :func:`measure`) held over ``[obs.at, until)``
+    to ``books``."""
     spans = list(hours(obs.at, until))
+    if not spans:
+        return
     lent_by_type: dict[str, float] = {}
-    use: dict[tuple[str, float], TaskUse] = {}
     for h in obs.holdings:
-        measured_gpus, busy_sum = 0, 0.0
         places = h.placement or ((UNPLACED, h.gpus),)
         for node, gpus in places:
             itype = UNPLACED if node == UNPLACED else node_types.get(node, "unknown")
@@ -152,27 +177,21 @@ def accrue(
             borrowed = h.borrowed * gpus / h.gpus if h.gpus else 0.0
             if borrowed:
                 lent_by_type[itype] = lent_by_type.get(itype, 0.0) + borrowed
+            amounts = [(ALLOCATED, gpus), (BORROWED, borrowed)]
             if share is not None:
-                measured_gpus += gpus
-                busy_sum += share.busy * 100.0
+                amounts += [(USED, share.busy), (MEASURED, gpus), (IDLE, share.idle)]
             for hour, seconds in spans:
                 day = hour - hour % DAY
-                amounts = [(ALLOCATED, gpus), (BORROWED, borrowed)]
-                if share is not None:
-                    amounts += [(USED, share.busy), (MEASURED, gpus), (IDLE, share.idle)]
                 for column, value in amounts:
                     if value:
                         books.add_team(hour, h.team, itype, column, value * seconds)
-                        books.add_task(h.key, day, column, value * seconds)
+                        books.add_task(h.key, day, _TASK_COLUMN[column], value * seconds)
                 books.add_cluster(hour, itype, CLUSTER_ALLOCATED, gpus * seconds)
-        if measured_gpus:
-            use[h.key] = TaskUse(measured_gpus, busy_sum / measured_gpus)
     _accrue_lent(books, obs.lent, lent_by_type, spans)
     for node, gpus in obs.healthy_by_node.items():
         itype = node_types.get(node, "unknown")
         for hour, seconds in spans:
             books.add_cluster(hour, itype, HEALTHY, gpus * seconds)
-    return use
 
 
 def _accrue_lent(
@@ -191,7 +210,7 @@ def _accrue_lent(
 
 
 @dataclass(frozen=True, slots=True)
-class _Share:
+class Share:
     busy: float
     """GPUs' worth of work: the sum of the task's GPUs' utilization fractions."""
     idle: float
@@ -200,17 +219,17 @@ class _Share:
 
 def _node_shares(
     holdings: tuple[Holding, ...], readings: Readings, at: float, config: AccrualConfig
-) -> dict[tuple[tuple[str, float], str], _Share]:
+) -> Shares:
     """Per (task, node): its measured use, where the node's reading is fresh."""
     on_node: dict[str, list[tuple[Holding, int]]] = {}
     for h in holdings:
         for node, gpus in h.placement:
             on_node.setdefault(node, []).append((h, gpus))
-    out: dict[tuple[tuple[str, float], str], _Share] = {}
+    out: Shares = {}
     threshold = config.idle_threshold_pct
     for node, tasks in on_node.items():
         reading = readings(node)
-        if reading is None or at - reading.at > config.stale_s:
+        if reading is None or at - reading.at >= config.stale_s:
             continue
         readable = [g for g in reading.gpus if g.utilization_pct is not None]
         by_owner = [
@@ -221,7 +240,7 @@ def _node_shares(
             mine = [g.utilization_pct or 0.0 for g in readable if h.owners & g.owners][:held]
             # a GPU allocated to the task with none of its processes on it runs nothing
             mine += [0.0] * (held - len(mine))
-            out[h.key, node] = _Share(sum(mine) / 100.0, sum(1 for u in mine if u < threshold))
+            out[h.key, node] = Share(sum(mine) / 100.0, sum(1 for u in mine if u < threshold))
         rest = [(h, n) for h, n in tasks if h not in by_owner]
         if not rest:
             continue
@@ -232,7 +251,7 @@ def _node_shares(
         mean = sum(top) / allocated / 100.0
         idle_fraction = sum(1 for u in top if u < threshold) / allocated
         for h, n in rest:
-            out[h.key, node] = _Share(mean * n, idle_fraction * n)
+            out[h.key, node] = Share(mean * n, idle_fraction * n)
     return out
 
 

@@ -16,9 +16,12 @@ from coordinator.ledger.accrue import (
     AccrualConfig,
     Books,
     Readings,
+    Shares,
     TaskUse,
     accrue,
     lost_work,
+    measure,
+    task_use,
 )
 from coordinator.ledger.books import LedgerBooks, Silence
 from coordinator.ledger.idle import IdleChange, IdleWatch
@@ -69,6 +72,7 @@ class Ledger:
         self.idle = idle
         self._books = Books()
         self._prev: Observation | None = None
+        self._shares: Shares = {}
         self._start: float | None = None
         self._facts: dict[TaskKey, TaskFacts] = {}
         self._silent: set[str] = set()
@@ -103,7 +107,8 @@ class Ledger:
             if first is not None and first < self._books.first_start.get(facts.key, first + 1):
                 self._books.first_start[facts.key] = first
         self._watch_silence(obs)
-        use = self._use_now(obs)
+        self._shares = measure(obs.holdings, self._readings, obs.at, self._accrual)
+        use = task_use(obs.holdings, self._shares)
         self._prev = obs
         changes = self.idle.update({h.key for h in obs.holdings}, use, obs.at)
         self._team_now(obs, use)
@@ -111,21 +116,19 @@ class Ledger:
 
     def _accrue(self, obs: Observation, until: float) -> None:
         if until > obs.at:
-            accrue(self._books, obs, until, self._readings, self._node_types(), self._accrual)
-
-    def _use_now(self, obs: Observation) -> dict[TaskKey, TaskUse]:
-        """Each holding task's measured use at ``obs.at`` (an empty span adds nothing)."""
-        return accrue(Books(), obs, obs.at, self._readings, self._node_types(), self._accrual)
+            accrue(self._books, obs, until, self._shares, self._node_types())
 
     def _watch_silence(self, obs: Observation) -> None:
         nodes = set(obs.healthy_by_node) | {n for h in obs.holdings for n, _ in h.placement}
         nodes.discard("")
         for node in nodes:
             reading = self._readings(node)
-            silent = reading is None or obs.at - reading.at > self._accrual.stale_s
+            silent = reading is None or obs.at - reading.at >= self._accrual.stale_s
             if silent and node not in self._silent:
                 self._silent.add(node)
-                self._silences.append(Silence(node, reading.at if reading else obs.at, True))
+                # its last report stood for it until it went stale: unmeasured from then on
+                began = reading.at + self._accrual.stale_s if reading else obs.at
+                self._silences.append(Silence(node, began, True))
             elif not silent and node in self._silent:
                 self._silent.discard(node)
                 assert reading is not None
