@@ -128,8 +128,8 @@ class Truth:
 
 def _recorder(store_url: str, writer: str, fleet: FakeFleet) -> tuple[Ledger, object]:
     store = open_store(store_url, durable=False)
-    ledger = Ledger(LedgerBooks(store, writer), fleet.reading, lambda: TYPES,
-                    AccrualConfig(idle_threshold_pct=5.0, stale_s=STALE_S), IdleWatch())  # fmt: skip
+    config = AccrualConfig(idle_threshold_pct=5.0, stale_s=STALE_S)
+    ledger = Ledger(LedgerBooks(store, writer), fleet.reading, lambda: TYPES, config, IdleWatch())
     return ledger, store
 
 
@@ -145,8 +145,9 @@ def run_week(store_url: str) -> tuple[Truth, SimCluster]:
     truth = Truth()
     ledger, store = _recorder(store_url, "replica-a", fleet)
     down: tuple[float, float] | None = None
+    flushes = (START + k * FLUSH_S for k in range(1, int(7 * DAY / FLUSH_S) + 1))
     stops = sorted({*RESTART, CRASH, TAKEOVER, SILENT[1], SILENT[1] + STALE_S, SILENT[2],
-                    *(START + k * FLUSH_S for k in range(1, int(7 * DAY / FLUSH_S) + 1))})  # fmt: skip
+                    *flushes})  # fmt: skip
     owners = lambda: {key: frozenset({key}) for key in sim.state.tasks}  # noqa: E731
     last_flush = START
     t = START
