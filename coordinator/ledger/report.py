@@ -209,3 +209,49 @@ def _csv_value(value: object) -> object:
 
 def day_start(ts: float) -> float:
     return float(int(ts // DAY) * DAY)
+
+
+class RangeError(ValueError):
+    pass
+
+
+def parse_range(start: str | None, end: str | None, now: float,
+                default_days: int = 7) -> tuple[float, float]:  # fmt: skip
+    """``--from``/``--to`` as UTC dates, both days included: ``[from 00:00, to+1 00:00)``.
+    Without ``to``, today; without ``from``, ``default_days`` days up to ``to``."""
+    last = _date(end, "to") if end else day_start(now)
+    first = _date(start, "from") if start else last - (default_days - 1) * DAY
+    if first > last:
+        raise RangeError(f"from {start} is after to {end}: swap them")
+    return first, last + DAY
+
+
+def _date(text: str, name: str) -> float:
+    import calendar  # noqa: PLC0415
+
+    try:
+        return float(calendar.timegm(time.strptime(text, "%Y-%m-%d")))
+    except ValueError:
+        raise RangeError(f"{name} {text!r}: expected a date like 2026-03-01 (UTC)") from None
+
+
+def with_prices(report: Report, prices: Prices) -> Report:
+    """The same summary with cost from ``prices`` (the reader's own table)."""
+    import dataclasses  # noqa: PLC0415
+
+    rows = tuple(
+        dataclasses.replace(r, cost=prices.cost(r.instance_type, r.allocated_gpu_h))
+        for r in report.rows if isinstance(r, SummaryRow)
+    )
+    return dataclasses.replace(report, rows=rows, currency=prices.currency)
+
+
+def from_json(data: Mapping[str, Any]) -> Report:
+    """A report as the API serves it (:func:`to_json`), for the CLI."""
+    kind = str(data["kind"])
+    row_type: type[SummaryRow] | type[TaskRow] = SummaryRow if kind == "summary" else TaskRow
+    names = {f.name for f in fields(row_type)}
+    rows = tuple(row_type(**{k: v for k, v in r.items() if k in names}) for r in data["rows"])
+    missing = tuple(Period(**p) for p in data["missing"])
+    return Report(kind, float(data["from"]), float(data["to"]), float(data["generated_at"]),
+                  missing, rows, data.get("currency"))  # type: ignore[arg-type]
