@@ -118,7 +118,7 @@ class _Round:
             self.books,
             self.priorities,
             CandidateOrder(now, checkpoint_aware=checkpoint_aware,
-                           idle_first=policy.preemption.idle_first),  # fmt: skip
+                           idle_first=policy.preemption.idle_first),
             self.slots,
             self.nodes,
             set(),
