@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import operator
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -197,14 +198,15 @@ def to_csv(report: Report) -> str:
         buffer.write(f"# {line}\n")
     writer = csv.writer(buffer, lineterminator="\n")
     row_type = SummaryRow if report.kind == "summary" else TaskRow
-    writer.writerow([f.name for f in fields(row_type)])
-    for row in report.rows:
-        writer.writerow(["" if v is None else _csv_value(v) for v in asdict(row).values()])
+    names = [f.name for f in fields(row_type)]
+    writer.writerow(names)
+    # attrgetter, not asdict: asdict deep-copies every row (a second per 100,000 tasks)
+    values = operator.attrgetter(*names)
+    writer.writerows(
+        [("" if v is None else round(v, 6) if v.__class__ is float else v) for v in values(row)]
+        for row in report.rows
+    )
     return buffer.getvalue()
-
-
-def _csv_value(value: object) -> object:
-    return round(value, 6) if isinstance(value, float) else value
 
 
 def day_start(ts: float) -> float:
