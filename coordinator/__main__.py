@@ -24,6 +24,9 @@ from coordinator.governance.policy import Policy, PolicyError
 from coordinator.pki import CertificateAuthority
 from coordinator.policy_watch import PolicyFile, PolicyWatch, one_line
 from coordinator.settings import CoordinatorSettings, parse_settings
+from coordinator.store import Store, StoreError, open_store
+from coordinator.store.base import default_url
+from coordinator.store.legacy import STORE_FILE, adopt_legacy_audit
 from coordinator.task_governance import TaskGovernance
 from coordinator.tls_setup import (
     load_ca,
@@ -153,13 +156,8 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
     tls_dir = private_dir() if ca is not None else None
     if ca is not None and tls_dir is not None:
         settings = with_own_broker_certificate(settings, ca, tls_dir)
-    try:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        audit = AuditLog(settings.state_dir / "audit.sqlite3")
-    except OSError as exc:
-        raise StartupError(
-            f"--state {settings.state_dir}: cannot write there ({exc}); pick a writable directory"
-        ) from None
+    store = _open_store(settings)
+    audit = AuditLog.on(store)
     broker = None
     if settings.embedded_broker:
         broker = EmbeddedBroker(settings.broker.host, settings.broker.port)
@@ -202,13 +200,15 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
             identity_tasks = _identity_tasks(settings, client, ca, elector, registry)
     leadership: Leadership | None = elector
     coordinator = Coordinator(settings, actuator=actuator, audit=audit, leadership=leadership,
-                              governance=governance, registry=registry)
+                              governance=governance, registry=registry, store=store,
+                              ledger=settings.ledger)  # fmt: skip
     audit.record(AuditEntry(kind=AuditKind.SYSTEM, actor=settings.identity, action="start",
                             reason="coordinator started",
                             details={"dry_run": settings.dry_run, "kube": settings.kube,
                                      "backend": settings.backend,
                                      "policy": str(settings.policy) if settings.policy else None,
-                                     "governance": governance is not None}))
+                                     "governance": governance is not None,
+                                     "store": store.display}))
     runner = None
     if settings.http is not None:
         app = build_app(coordinator, coordinator.registry, api_token=settings.api_token,
@@ -263,7 +263,27 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
             await broker.stop()
         audit.record(AuditEntry(kind=AuditKind.SYSTEM, actor=settings.identity, action="stop",
                                 reason="coordinator stopped"))
-        audit.close()
+        store.close()
+
+
+def _open_store(settings: CoordinatorSettings) -> Store:
+    """The audit trail's and ledger's store; an embedded one under ``--state`` takes over the
+    audit log a coordinator before the store kept there."""
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        if settings.store is None and adopt_legacy_audit(settings.state_dir):
+            log.info("the audit log moved into the store", store=str(settings.state_dir /
+                                                                     STORE_FILE))  # fmt: skip
+    except OSError as exc:
+        raise StartupError(
+            f"--state {settings.state_dir}: cannot write there ({exc}); pick a writable directory"
+        ) from None
+    try:
+        store = open_store(settings.store or default_url(settings.state_dir))
+    except StoreError as exc:
+        raise StartupError(f"--store: {exc}") from None
+    log.info("store open", store=store.display)
+    return store
 
 
 def _fan_out(governor: Any, webhook: AdmissionWebhook | None) -> Callable[[Policy], None]:

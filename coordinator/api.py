@@ -7,11 +7,14 @@ same backend serves the API, the dashboard and the tests.
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from coordinator.ledger.report import RangeError, Report, parse_range, to_csv, to_json, utc_date
 
 Json = dict[str, Any]
 
@@ -42,6 +45,10 @@ class ApiBackend(Protocol):
         ...
 
     async def hold(self, node: str, actor: str, reason: str) -> Json: ...
+    async def usage_report(self, kind: str, start: float, end: float,
+                           team: str | None) -> Report | None:  # fmt: skip
+        """A usage report (``summary`` or ``tasks``) over ``[start, end)``; None: no ledger."""
+        ...
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -133,6 +140,30 @@ def build_app(
     async def priority_classes(_: web.Request) -> web.Response:
         return web.json_response({"priorityClasses": backend.priority_classes()})
 
+    async def usage(req: web.Request) -> web.Response:
+        kind = req.match_info["kind"]
+        if kind not in ("summary", "tasks"):
+            raise web.HTTPNotFound(text=f"no usage report {kind!r}: summary or tasks")
+        fmt = req.query.get("format", "json")
+        if fmt not in ("json", "csv"):
+            raise web.HTTPBadRequest(text="format: json or csv")
+        try:
+            start, end = parse_range(req.query.get("from"), req.query.get("to"), time.time())
+        except RangeError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        report = await backend.usage_report(kind, start, end, req.query.get("team") or None)
+        if report is None:
+            raise web.HTTPNotFound(text="this coordinator keeps no usage ledger (--no-ledger)")
+        headers = {
+            "X-Gpuwarden-Range": f"{utc_date(start)}..{utc_date(end - 1)} UTC",
+            "X-Gpuwarden-Missing-Periods": str(len(report.missing)),
+        }
+        if fmt == "json":
+            return web.json_response(to_json(report), headers=headers)
+        name = f"gpuwarden-{kind}-{utc_date(start)}-{utc_date(end - 1)}.csv"
+        headers["Content-Disposition"] = f'attachment; filename="{name}"'
+        return web.Response(text=to_csv(report), content_type="text/csv", headers=headers)
+
     def operator(action: str) -> Handler:
         async def handler(req: web.Request) -> web.Response:
             if api_token is None:
@@ -180,6 +211,7 @@ def build_app(
     r.add_get("/api/v1/teams", teams)
     r.add_get("/api/v1/tasks", tasks)
     r.add_get("/api/v1/priority-classes", priority_classes)
+    r.add_get("/api/v1/usage/{kind}", usage)
     r.add_post("/api/v1/nodes/{name}/clear", operator("clear"))
     r.add_post("/api/v1/nodes/{name}/hold", operator("hold"))
     if static_dir is not None:

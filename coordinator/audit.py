@@ -1,8 +1,9 @@
 """The append-only audit log: every decision and action, before and after it runs.
 
-SQLite in WAL mode under the coordinator's ``--state`` directory. Append-only is enforced
-twice: this module offers no way to change or remove a row, and triggers in the database
-refuse UPDATE and DELETE from anyone else.
+In the coordinator's store (:mod:`coordinator.store`): an embedded SQLite file under
+``--state``, or PostgreSQL that both replicas share, so a failover does not split the trail.
+Append-only is enforced twice: this module offers no way to change or remove a row, and
+triggers in the database refuse UPDATE and DELETE from anyone else.
 
 A restart reads :meth:`AuditLog.pending_actions` (actions started and never finished) to
 know what may have been cut off, rather than running it a second time blindly.
@@ -11,8 +12,6 @@ know what may have been cut off, rather than running it a second time blindly.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +19,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from coordinator.store import Store, StoreError
+from coordinator.store.sqlite import SqliteStore
+
 MAX_QUERY_LIMIT = 10_000
 
 
@@ -35,8 +36,8 @@ class AuditKind(StrEnum):
     SYSTEM = "system"
 
 
-class AuditLogError(RuntimeError):
-    pass
+# the store's errors are the audit log's: a newer schema, an unreachable database
+AuditLogError = StoreError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,72 +73,34 @@ _COLUMNS = (
     "id, ts, kind, actor, node, task, team, action, reason, details, outcome, dry_run, started_id"
 )
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    kind TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    node TEXT,
-    task TEXT,
-    team TEXT,
-    action TEXT,
-    reason TEXT NOT NULL DEFAULT '',
-    details TEXT NOT NULL DEFAULT '{{}}',
-    outcome TEXT,
-    dry_run INTEGER NOT NULL DEFAULT 0,
-    started_id INTEGER REFERENCES audit(id)
-);
-CREATE INDEX IF NOT EXISTS audit_by_node ON audit(node, id);
-CREATE INDEX IF NOT EXISTS audit_by_kind ON audit(kind, id);
-CREATE INDEX IF NOT EXISTS audit_by_ts ON audit(ts);
-CREATE INDEX IF NOT EXISTS audit_by_started ON audit(started_id) WHERE started_id IS NOT NULL;
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-BEGIN
-    SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE refused');
-END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-BEGIN
-    SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused');
-END;
-PRAGMA user_version = {SCHEMA_VERSION};
-"""
-
 
 class AuditLog:
-    """Thread-safe: one connection, calls serialized by a lock (writes are small and rare;
-    callers on the event loop use ``asyncio.to_thread``).
+    """Thread-safe: the store serializes calls (writes are small and rare; callers on the
+    event loop use ``asyncio.to_thread``).
 
-    ``durable`` makes each record reach the disk before :meth:`record` returns, so an action
-    recorded as started is known to a coordinator restarted after a power loss.
+    ``AuditLog(path)`` opens an embedded store of its own at ``path``; :meth:`on` writes to
+    a store shared with the ledger (``--store``). ``durable`` makes each record reach the
+    disk before :meth:`record` returns, so an action recorded as started is known to a
+    coordinator restarted after a power loss (PostgreSQL always is).
     """
 
     def __init__(self, path: Path | str, *, durable: bool = True) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            self._setup(durable)
-        except BaseException:
-            self._db.close()
-            raise
+        self.store: Store = SqliteStore(self.path, durable=durable)
+        self._owned = True
 
-    def _setup(self, durable: bool) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise AuditLogError(
-                f"{self.path} was written by a newer gpuwarden (audit schema {version}, "
-                f"this one knows {SCHEMA_VERSION}); refusing to write to it"
-            )
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self._db.executescript(_SCHEMA)
+    @classmethod
+    def on(cls, store: Store) -> AuditLog:
+        """The audit log in ``store``, which the caller keeps and closes."""
+        log = cls.__new__(cls)
+        log.path = Path(getattr(store, "path", store.display))
+        log.store = store
+        log._owned = False
+        return log
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._owned:
+            self.store.close()
 
     def __enter__(self) -> AuditLog:
         return self
@@ -149,8 +112,7 @@ class AuditLog:
         """Append ``entry``; returns its id. Details that JSON cannot hold are stringified,
         since failing to audit over a stray datetime would be worse."""
         details = json.dumps(dict(entry.details), sort_keys=True, default=str)
-        with self._lock:
-            cursor = self._db.execute(
+        return self.store.run(lambda tx: tx.insert(
                 "INSERT INTO audit (ts, kind, actor, node, task, team, action, reason, details,"
                 " outcome, dry_run, started_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -167,11 +129,7 @@ class AuditLog:
                     int(entry.dry_run),
                     entry.started_id,
                 ),
-            )
-        row_id = cursor.lastrowid
-        if row_id is None:  # pragma: no cover - sqlite always sets it after an INSERT
-            raise AuditLogError("the audit insert returned no row id")
-        return row_id
+        ))
 
     def finish(
         self,
@@ -255,12 +213,10 @@ class AuditLog:
         )
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM audit").fetchone()[0])
+        return int(self.store.run(lambda tx: tx.fetchall("SELECT count(*) FROM audit"))[0][0])
 
     def _select(self, sql: str, params: tuple[Any, ...]) -> list[AuditRecord]:
-        with self._lock:
-            rows = self._db.execute(sql, params).fetchall()
+        rows = self.store.run(lambda tx: tx.fetchall(sql, params))
         return [_record(row) for row in rows]
 
 

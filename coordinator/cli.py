@@ -29,6 +29,8 @@ commands:
   nodes [NAME]       node table; with NAME, one node's story (findings, history, marks)
   teams              team quotas, borrowing and lending, from the coordinator's API
   tasks              tasks with their state, team, class and times, from the API
+  report summary|tasks --from DATE --to DATE
+                     usage reports: GPU-hours per day, team and instance type, or per task
   policy check FILE  validate a governance policy file without running anything
   policy export --slurm FILE
                      the policy as sacctmgr commands for a Slurm cluster
@@ -129,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo(rest)
     if command == "policy":
         return policy_command(rest)
+    if command == "report":
+        from coordinator.report_cli import main as report  # noqa: PLC0415
+
+        return report(rest)
     if command == "checkpoint":
         from coordinator.checkpoint import main as checkpoint  # noqa: PLC0415
 

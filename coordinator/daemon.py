@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -26,6 +26,11 @@ from coordinator.feed import HealthFeed, verdict_of
 from coordinator.ingest import Ingestor
 from coordinator.ingest_gate import BootConflict, IngestGate
 from coordinator.inventory import NodeInventory
+from coordinator.ledger.metrics import LedgerMetrics
+from coordinator.ledger.recorder import LedgerRecorder, LedgerSettings
+from coordinator.ledger.report import Report
+from coordinator.ledger.service import UsageService
+from coordinator.ledger.sources import Accountable, model_node_types, model_readings
 from coordinator.lifecycle import FAULT_STATES, LifecycleConfig, Transition
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import ClusterModel, NodeRecord
@@ -33,6 +38,7 @@ from coordinator.node_story import findings_json, history_json, marks_json
 from coordinator.remediator import RemediationConfig, Remediator
 from coordinator.safety import SafetyGate
 from coordinator.settings import CoordinatorSettings
+from coordinator.store import Store
 from coordinator.task_governance import TaskGovernance
 from gpuwarden_common import logs
 from gpuwarden_common.aio import raise_if_cancelled
@@ -72,6 +78,8 @@ class Coordinator:
         leadership: Leadership | None = None,
         governance: TaskGovernance | None = None,
         clock: Callable[[], float] = time.time,
+        store: Store | None = None,
+        ledger: LedgerSettings | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
@@ -124,6 +132,21 @@ class Coordinator:
         self.started_at = clock()
         # the cluster's latest word on each node, for nodes whose agents report after it
         self._catalog: dict[str, NodeFacts] = {}
+        self.usage = self._usage(store, ledger, clock)
+
+    def _usage(self, store: Store | None, settings: LedgerSettings | None,
+               clock: Callable[[], float]) -> UsageService | None:  # fmt: skip
+        """Reports read the store; the ledger records where governance has tasks to account."""
+        if store is None:
+            return None
+        recorder = None
+        if settings is not None and isinstance(self.governance, Accountable):
+            recorder = LedgerRecorder(
+                store, self.settings.identity, self.governance, model_readings(self.model),
+                lambda: model_node_types(self.model), settings, self.audit_log,
+                LedgerMetrics(self.registry), clock,
+            )  # fmt: skip
+        return UsageService(store, recorder, settings.prices if settings else None, clock)
 
     # --- ingest sink ----------------------------------------------------------------------
     def on_status(self, msg: StatusMessage) -> None:
@@ -270,6 +293,8 @@ class Coordinator:
             tg.create_task(self._probe_broker(), name="broker-probe")
             if self.governance is not None:
                 tg.create_task(self._govern(), name="governance")
+            if self.usage is not None and self.usage.recorder is not None:
+                tg.create_task(self._while_leading(self.usage.recorder.run), name="ledger")
 
     async def _probe_broker(self) -> None:
         await self.ingestor.wait_connected()
@@ -295,11 +320,19 @@ class Coordinator:
         """Task governance acts only while this replica leads, on the model's capacity."""
         governance = self.governance
         assert governance is not None
+
+        async def govern() -> None:
+            governance.set_capacity(self.model.healthy_gpus_by_node())
+            await governance.run()
+
+        await self._while_leading(govern)
+
+    async def _while_leading(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work`` each time this replica leads; cancel it when it stands by."""
         while True:
             raise_if_cancelled()
             await self._leading.wait()
-            governance.set_capacity(self.model.healthy_gpus_by_node())
-            task = asyncio.create_task(governance.run(), name="governance-run")
+            task = asyncio.create_task(work(), name=f"{work.__name__}-while-leading")
             await self._standing_by.wait()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -410,7 +443,15 @@ class Coordinator:
         ]
 
     def teams(self) -> list[Json]:
-        return self.governance.teams() if self.governance else []
+        rows = self.governance.teams() if self.governance else []
+        return self.usage.with_utilization(rows) if self.usage is not None else rows
+
+    async def usage_report(self, kind: str, start: float, end: float,
+                           team: str | None) -> Report | None:  # fmt: skip
+        """A usage report from the store (None: this coordinator keeps no ledger)."""
+        if self.usage is None:
+            return None
+        return await self.usage.report(kind, start, end, team)
 
     def unassigned(self) -> Json | None:
         return self.governance.unassigned() if self.governance else None

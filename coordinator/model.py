@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from coordinator.actuators import NodeFacts
 from coordinator.findings import SeenFinding, after_event, after_report
@@ -75,6 +76,9 @@ class GpuView:
     memory_used_bytes: int | None
     memory_total_bytes: int | None
     pids: tuple[int, ...]
+    owners: tuple[Any, ...] = ()
+    """Who the GPU's processes belong to (the wire's ``GpuOwner``, from agents with
+    attribution), as sent: the ledger reads them, the ingest path only keeps them."""
 
     @property
     def process_count(self) -> int:
@@ -96,6 +100,8 @@ class GpuView:
             memory_used_bytes=gpu.memory_used_bytes,
             memory_total_bytes=gpu.memory_total_bytes,
             pids=tuple(p.pid for p in gpu.processes),
+            # absent from the wire schema before attribution: an older agent sends none
+            owners=tuple(getattr(gpu, "owners", ())),
         )
 
 

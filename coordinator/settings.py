@@ -9,8 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.backends.slurm.config import SlurmSettings, add_slurm_flags, slurm_settings
+from coordinator.governance.workload import parse_duration
+from coordinator.ledger.prices import PricesError, load_prices
+from coordinator.ledger.recorder import LedgerSettings
 from coordinator.pki import lifetime
 from coordinator.safety import MaxUnhealthy
+from coordinator.store import StoreError, StoreUrl
 from gpuwarden_common.broker import BrokerSettings, BrokerUrlError
 from gpuwarden_common.flags import (
     BOOLEAN_SPELLINGS,
@@ -59,6 +63,11 @@ class CoordinatorSettings:
     # kubernetes | slurm | local: where marks go (--backend, else from --kube)
     backend: str = "local"
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
+    # the store of the audit trail and the usage ledger (docs/operations.md, "The store")
+    store: str | None = None
+    """``--store`` URL; None: ``sqlite:///<state>/gpuwarden.db``."""
+    ledger: LedgerSettings | None = field(default_factory=LedgerSettings)
+    """None: ``--no-ledger``."""
 
 
 BACKENDS = ("kubernetes", "slurm", "local")
@@ -96,9 +105,9 @@ def build_parser(
                    help="cluster name in the MQTT topics (default default)")
     p.add_argument("--backend", default=e("BACKEND"), choices=BACKENDS,
                    help="where node marks and requeues go: kubernetes, slurm (drain, resume, "
-                   "requeue with Slurm's commands) or local (marks.json only). Default: from "
-                   "--kube (off: local, else kubernetes). When both are given --backend wins, "
-                   "and --kube only says how to reach Kubernetes (default: from --kube)")
+                   "requeue with Slurm's commands) or local (marks.json only). When both are "
+                   "given --backend wins, and --kube only says how to reach Kubernetes "
+                   "(default: from --kube, off: local, else kubernetes)")
     p.add_argument("--kube", default=e("KUBE", "off"),
                    help="auto | in-cluster | kubeconfig:PATH | off; off uses the local "
                    "actuator, for clusters without Kubernetes (default off)")
@@ -190,6 +199,24 @@ def build_parser(
                    help="seconds between republishing every retained verdict and the cluster "
                    "summary, so the health feed is never stale or forged for long "
                    "(default 60)")
+    p.add_argument("--store", default=e("STORE"),
+                   help="where the audit trail and usage ledger live: sqlite:///PATH, or "
+                   "postgresql://USER@HOST:PORT/DATABASE for two replicas sharing one (password "
+                   "from PGPASSWORD or ~/.pgpass) (default sqlite:///<--state>/gpuwarden.db)")
+    p.add_argument("--ledger", action=argparse.BooleanOptionalAction, default=e("LEDGER"),
+                   help="record GPU-seconds per team and task for usage reports (default on)")
+    p.add_argument("--ledger-retention", default=e("LEDGER_RETENTION", "400d"),
+                   help="keep ledger rows this long, e.g. 90d; the audit trail is never "
+                   "pruned (default 400d)")
+    p.add_argument("--idle-threshold", default=e("IDLE_THRESHOLD", "5"),
+                   help="percent GPU utilization under which allocated GPUs count as idle "
+                   "(default 5)")
+    p.add_argument("--idle-after", default=e("IDLE_AFTER", "30m"),
+                   help="flag a task idle after its GPUs stay under the threshold this long, "
+                   "e.g. 30m, 2h (default 30m)")
+    p.add_argument("--prices", default=e("PRICES"),
+                   help="price table per instance type (YAML) for the cost column of usage "
+                   "reports from the API (default: none)")
     add_slurm_flags(p, e)
     return p
 
@@ -273,4 +300,38 @@ def parse_settings(
         backend=backend,
         # only the chosen back end's flags are checked: a stray GPUWARDEN_SLURM_* is harmless
         slurm=slurm_settings(args) if backend == "slurm" else SlurmSettings(),
+        store=_store_url(args.store),
+        ledger=_ledger(args) if bool_setting(
+            True if args.ledger is None else args.ledger, "GPUWARDEN_LEDGER") else None,
     )
+
+
+def _store_url(text: str | None) -> str | None:
+    if not text:
+        return None
+    try:
+        StoreUrl.parse(text)
+    except StoreError as exc:
+        raise SettingsError(str(exc)) from None
+    return text
+
+
+def _ledger(args: argparse.Namespace) -> LedgerSettings:
+    try:
+        retention = parse_duration(args.ledger_retention)
+        idle_after = parse_duration(args.idle_after)
+    except ValueError as exc:
+        raise SettingsError(f"--ledger-retention / --idle-after: {exc}") from None
+    if retention < 86400:
+        raise SettingsError(f"--ledger-retention {args.ledger_retention}: at least 1d")
+    threshold = positive(args.idle_threshold, "--idle-threshold")
+    if threshold > 100:
+        raise SettingsError(f"--idle-threshold {args.idle_threshold}: a percent, 0-100")
+    try:
+        prices = load_prices(args.prices) if args.prices else None
+    except PricesError as exc:
+        raise SettingsError(f"--prices {exc}") from None
+    return LedgerSettings(retention_s=retention, idle_threshold_pct=threshold,
+                          idle_after_s=idle_after, stale_s=positive(args.offline_grace,
+                                                                    "--offline-grace"),
+                          prices=prices)  # fmt: skip

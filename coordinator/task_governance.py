@@ -98,6 +98,8 @@ def tasks_json(state: GovernanceState, policy: Policy, now: float | None = None)
             "times_preempted": task.times_preempted, "preempted_by": task.preempted_by,
             "nodes": dict(task.placement), "reason": task.reason,
             "waited_s": _waited(task, now), "running_s": _running(task, now),
+            # flagged by the usage ledger: its GPUs under --idle-threshold since then
+            "idle_since": task.idle_since,
         })
     return out
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from coordinator.definitions import GPU_BUCKETS, GPUS_TOTAL, TEAM_TERMS, UNASSIGNED, Term
 from coordinator.lifecycle import Lifecycle
-from coordinator.tables import Cell, Column, Row, Table, duration
+from coordinator.tables import Cell, CellLike, Column, Row, Table, duration
 
 Json = Mapping[str, Any]
 
@@ -212,13 +212,22 @@ def tasks_view(tasks: Sequence[Json]) -> list[Table]:
         Column("Nodes", 7, wrap=True),
     )  # fmt: skip
     rows = [
-        (t["task"], t.get("state"), t.get("team"), t.get("gpus"), t.get("priority_class"),
+        (t["task"], _state(t), t.get("team"), t.get("gpus"), t.get("priority_class"),
          duration(t.get("waited_s")), duration(t.get("running_s")), t.get("requeues"),
          t.get("times_preempted"), t.get("reason"),
          " ".join(f"{node}:{gpus}" for node, gpus in sorted((t.get("nodes") or {}).items())))
         for t in tasks
     ]  # fmt: skip
     return [Table(columns, rows, title=f"{len(tasks)} task{'s' * (len(tasks) != 1)}")]
+
+
+def _state(task: Json) -> CellLike:
+    """An idle allocation reads as such: the state, and since when its GPUs idle."""
+    state = task.get("state")
+    since = task.get("idle_since")
+    if since is None:
+        return state
+    return Cell(f"{state}, idle since {utc(since)[11:16]} UTC", "yellow")
 
 
 def _percent(value: float | None) -> str:

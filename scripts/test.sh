@@ -9,6 +9,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)  # the dashboard's browser test
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)  # certificates for the broker TLS test
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # verifies the units
+# a real PostgreSQL server for the HA store's tests (started by them on a loopback port)
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
 # kubectl kustomize renders every overlay of deploy/kubernetes (components need kubectl 1.21+;
 # Debian 12's kubernetes-client is 1.20, so a newer kubectl already on PATH is kept)
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
@@ -26,7 +28,7 @@ command -v scontrol >/dev/null 2>&1 || need_apt+=(slurm-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt_plan="apt (as root): ${need_apt[*]}"
 else
-  apt_plan="apt: nothing (mosquitto, chromium, openssl, systemd and kubectl are here)"
+  apt_plan="apt: nothing (mosquitto, chromium, openssl, systemd, kubectl, Slurm and PostgreSQL are here)"
 fi
 echo "==> make test will install: $apt_plan; pip: gpuwarden and its test tools into .venv" \
   "(only when pyproject.toml changed); then run ruff, mypy --strict and pytest"

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.brokers import Mosquitto, running_mosquitto
+from tests.postgres_server import PostgresServer, running_postgres
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -42,3 +43,31 @@ def kube_api_client(fake_kube: FakeKube) -> Iterator[ApiClient]:
     client = api_client_for_url(fake_kube.url)
     yield client
     close_api_client(client)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the whole session (started on first use, about a second)."""
+    try:
+        server_cm = running_postgres()
+        server = server_cm.__enter__()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server_cm.__exit__(None, None, None)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store of each engine: an SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state' / 'gpuwarden.db'}"
+    return str(request.getfixturevalue("postgres_url"))

@@ -11,14 +11,37 @@ from typing import Any
 import pytest
 
 from coordinator.audit import AuditEntry, AuditKind, AuditLog, AuditLogError, AuditRecord
+from coordinator.store import StoreUrl, open_store
 
 ME = "coordinator-0"
 
 
 @pytest.fixture
-def audit(tmp_path: Path) -> Iterator[AuditLog]:
-    with AuditLog(tmp_path / "state" / "audit.sqlite3", durable=False) as log:
+def audit(store_url: str) -> Iterator[AuditLog]:
+    """The audit log on each engine: the embedded SQLite file and a real PostgreSQL."""
+    store = open_store(store_url, durable=False)
+    with AuditLog.on(store) as log:
         yield log
+    store.close()
+
+
+def _raw(url: str, sql: str) -> None:
+    """``sql`` from another connection than the log's: someone else at the database."""
+    parsed = StoreUrl.parse(url)
+    if parsed.dialect == "sqlite":
+        with sqlite3.connect(parsed.target) as db:
+            db.execute(sql)
+        return
+    import psycopg  # noqa: PLC0415
+
+    with psycopg.connect(parsed.target, autocommit=True) as conn:
+        conn.execute(sql.encode())
+
+
+def _refused() -> tuple[type[Exception], ...]:
+    import psycopg  # noqa: PLC0415
+
+    return (sqlite3.DatabaseError, psycopg.Error)
 
 
 def decision(node: str = "gpu-1", ts: float = 100.0, **changes: Any) -> AuditEntry:
@@ -111,16 +134,24 @@ def test_details_that_json_cannot_hold_are_stored_as_text(audit: AuditLog) -> No
     assert record is not None and record.details == {"at": str(when)}
 
 
-def test_an_update_is_refused_by_the_database(audit: AuditLog) -> None:
+def test_an_update_is_refused_by_the_database(audit: AuditLog, store_url: str) -> None:
     audit.record(decision())
-    with sqlite3.connect(audit.path) as db, pytest.raises(sqlite3.DatabaseError, match="append"):
-        db.execute("UPDATE audit SET reason = 'nothing happened'")
+    with pytest.raises(_refused(), match="append"):
+        _raw(store_url, "UPDATE audit SET reason = 'nothing happened'")
 
 
-def test_a_delete_is_refused_by_the_database(audit: AuditLog) -> None:
+def test_a_delete_is_refused_by_the_database(audit: AuditLog, store_url: str) -> None:
     audit.record(decision())
-    with sqlite3.connect(audit.path) as db, pytest.raises(sqlite3.DatabaseError, match="append"):
-        db.execute("DELETE FROM audit")
+    with pytest.raises(_refused(), match="append"):
+        _raw(store_url, "DELETE FROM audit")
+
+
+def test_a_truncate_is_refused_by_postgresql(postgres_url: str) -> None:
+    with open_store(postgres_url) as store, AuditLog.on(store) as audit:
+        audit.record(decision())
+        with pytest.raises(_refused(), match="append"):
+            _raw(postgres_url, "TRUNCATE audit")
+        assert audit.count() == 1
 
 
 def test_the_log_offers_no_way_to_change_or_remove_entries() -> None:
@@ -128,15 +159,29 @@ def test_the_log_offers_no_way_to_change_or_remove_entries() -> None:
     assert not {name for name in dir(AuditLog) if name.split("_")[0] in mutators}
 
 
-def test_an_action_started_and_not_finished_is_pending_after_a_crash(tmp_path: Path) -> None:
-    path = tmp_path / "audit.sqlite3"
-    crashed = AuditLog(path)
-    cut_off = crashed.record(started(node="gpu-1"))
-    done = crashed.record(started(node="gpu-2"))
-    crashed.finish(done, actor=ME, outcome="ok")
-    crashed.close()  # the process dies here; a new one opens the same file
-    with AuditLog(path) as restarted:
-        assert [r.id for r in restarted.pending_actions()] == [cut_off]
+def test_an_action_started_and_not_finished_is_pending_after_a_crash(store_url: str) -> None:
+    crashed = open_store(store_url)
+    log = AuditLog.on(crashed)
+    cut_off = log.record(started(node="gpu-1"))
+    done = log.record(started(node="gpu-2"))
+    log.finish(done, actor=ME, outcome="ok")
+    crashed.close()  # the process dies here; a new one opens the same store
+    with open_store(store_url) as store:
+        assert [r.id for r in AuditLog.on(store).pending_actions()] == [cut_off]
+
+
+def test_two_replicas_on_one_postgresql_write_one_trail(postgres_url: str) -> None:
+    with open_store(postgres_url) as first, open_store(postgres_url) as second:
+        a = AuditLog.on(first).record(decision(node="gpu-1", actor="replica-a"))
+        b = AuditLog.on(second).record(decision(node="gpu-2", actor="replica-b"))
+        assert [r.id for r in AuditLog.on(first).query()] == [b, a]
+
+
+def test_a_path_opens_an_embedded_log_of_its_own(tmp_path: Path) -> None:
+    with AuditLog(tmp_path / "audit.sqlite3") as log:
+        log.record(decision())
+    with AuditLog(tmp_path / "audit.sqlite3") as log:
+        assert log.count() == 1
 
 
 def test_finish_copies_the_subject_and_links_the_start(audit: AuditLog) -> None:
@@ -163,8 +208,8 @@ def test_a_dry_run_start_stays_marked_dry_run_in_pending(audit: AuditLog) -> Non
     assert [r.dry_run for r in audit.pending_actions()] == [True]
 
 
-def test_the_database_is_in_wal_mode(audit: AuditLog) -> None:
-    with sqlite3.connect(audit.path) as db:
+def test_the_embedded_database_is_in_wal_mode(tmp_path: Path) -> None:
+    with AuditLog(tmp_path / "audit.sqlite3") as audit, sqlite3.connect(audit.path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -172,8 +217,15 @@ def test_a_log_written_by_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite3"
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 99")
-    with pytest.raises(AuditLogError, match="newer"):
+    with pytest.raises(AuditLogError, match=r"newer gpuwarden.*refusing"):
         AuditLog(path)
+
+
+def test_a_postgresql_store_written_by_a_newer_schema_is_refused(postgres_url: str) -> None:
+    open_store(postgres_url).close()
+    _raw(postgres_url, "UPDATE gpuwarden_meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(AuditLogError, match=r"newer gpuwarden.*schema 99"):
+        open_store(postgres_url)
 
 
 def test_records_from_many_threads_all_land(audit: AuditLog) -> None:

@@ -244,3 +244,12 @@ def test_agent_supplied_strings_are_printed_as_text_not_markup(
     monkeypatch.setitem(API, "/api/v1/nodes", {"nodes": [hostile]})
     shown = seen(monkeypatch, "nodes", columns=200)
     assert "[bold]n1" in shown and "[link=x]t" in shown and "[/]broken[red]" in shown
+
+
+def test_a_task_flagged_idle_says_so_in_its_state() -> None:
+    from coordinator.views import tasks_view  # noqa: PLC0415
+
+    task = {"task": "research/llama", "state": "running", "team": "research", "gpus": 8,
+            "idle_since": 1_767_225_600.0 + 9 * 3600}  # fmt: skip
+    [table] = tasks_view([task])
+    assert table.rows[0][1].text == "running, idle since 09:00 UTC"  # type: ignore[union-attr]

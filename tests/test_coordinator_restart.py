@@ -65,7 +65,7 @@ def _marked_events(kube: FakeKube, node: str) -> list[dict[str, Any]]:
 
 
 def _pending(state_dir: Path) -> list[AuditRecord]:
-    with AuditLog(state_dir / "audit.sqlite3") as audit:
+    with AuditLog(state_dir / "gpuwarden.db") as audit:  # the coordinator's store
         return audit.pending_actions()
 
 

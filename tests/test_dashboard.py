@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from coordinator.api import ApiBackend, Handler, Json, UnknownNode, build_app
 from coordinator.definitions import GPU_BUCKETS, GPUS_TOTAL, UNASSIGNED, terms_json
+from coordinator.ledger.report import Period, Report, SummaryRow
 from tests.cdp import CHROMIUM, CdpConnection, Page, chromium
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -187,6 +188,7 @@ class FakeBackend:
     audit_rows: list[Json] = field(default_factory=_audit)
     audit_limits: list[int] = field(default_factory=list)
     broken: bool = False
+    usage_asked: list[tuple[str, float, float]] = field(default_factory=list)
 
     def _answer(self) -> None:
         if self.broken:
@@ -235,6 +237,18 @@ class FakeBackend:
 
     async def hold(self, node: str, actor: str, reason: str) -> Json:
         raise UnknownNode(node)
+
+    async def usage_report(self, kind: str, start: float, end: float,
+                           team: str | None) -> Report | None:  # fmt: skip
+        self.usage_asked.append((kind, start, end))
+        day = "2025-12-31"
+        rows = (
+            SummaryRow("2025-12-30", "research", "p5.48xlarge", 100.0, 10, 0, 60, 5, 100, None),
+            SummaryRow(day, "research", "p5.48xlarge", 150.0, 20, 0, 90, 5, 150, None),
+            SummaryRow(day, "inference", "p4d.24xlarge", 30.0, 0, 8, 20, 0, 30, None),
+        )
+        gap = Period("node", "gpu-b-01", NOW - 7200, NOW - 3600, "silent")
+        return Report("summary", start, end, NOW, (gap,), rows)
 
 
 def _serves_the_api(backend: FakeBackend) -> ApiBackend:
@@ -616,3 +630,37 @@ async def test_until_the_coordinator_first_answers_the_page_says_it_is_loading(
     finally:
         await browser.close_page(page)
         await server.close()
+
+
+async def test_the_usage_chart_draws_gpu_hours_per_team_and_day(dashboard: Page) -> None:
+    await dashboard.wait_for("document.getElementById('usage-chart').dataset.days === '2'")
+    chart = await dashboard.evaluate(
+        "({...document.getElementById('usage-chart').dataset})"
+    )
+    assert chart["teams"] == "inference,research"
+    assert chart["totals"] == "100.0,180.0"
+    assert await _text(dashboard, "usage-legend") == "inferenceresearch"
+
+
+async def test_the_usage_panel_states_its_missing_data(dashboard: Page) -> None:
+    await dashboard.wait_for("document.getElementById('usage-chart').dataset.days === '2'")
+    assert await _text(dashboard, "usage-missing") == (
+        "Missing data: gpu-b-01 2025-12-31 22:00:00 to 2025-12-31 23:00:00"
+    )
+
+
+async def test_the_export_button_downloads_the_chosen_range_as_csv(
+    dashboard: Page, backend: FakeBackend
+) -> None:
+    await dashboard.wait_for("document.getElementById('usage-chart').dataset.days === '2'")
+    await dashboard.evaluate(
+        "(() => { const s = document.getElementById('usage-range'); s.value = '30';"
+        " s.dispatchEvent(new Event('change')); })()"
+    )
+    await dashboard.wait_for(
+        "document.getElementById('usage-export').getAttribute('href').includes('2025-12-03')"
+    )
+    link = "document.getElementById('usage-export')"
+    href = await dashboard.evaluate(f"{link}.getAttribute('href')")
+    assert href == "/api/v1/usage/summary?from=2025-12-03&to=2026-01-01&format=csv"
+    assert await dashboard.evaluate(f"{link}.hasAttribute('download')")

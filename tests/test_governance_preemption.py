@@ -508,3 +508,37 @@ def test_free_gpus_a_preemptor_will_use_are_not_placed_for_a_later_task() -> Non
     decisions = world.decide(policy(team("a", 8), team("b", 4), team("c", 4)))
     [admit] = decisions.admit
     assert (admit.task, admit.nodes) == ("c/small", (("n2", 4),))
+
+
+def idle_world() -> World:
+    """Team a borrows with two tasks of one class; the one that would lose less work is
+    busy, the other holds its GPUs idle."""
+    world = World(gpus=16)
+    world.running("a", "own", 8, admitted=1)
+    world.running("a", "busy", 4, admitted=2, started=2, checkpoint=95)
+    idle = world.running("a", "idle", 4, admitted=3, started=3)
+    idle.idle_since = 50.0
+    world.pending("b", "owner", 4, at=90)
+    return world
+
+
+def test_with_idle_first_an_idle_task_is_the_victim_before_a_busy_one_of_its_standing() -> None:
+    chosen = policy(team("a", 8), team("b", 8), preemption={"idleFirst": True})
+    assert victims(idle_world().decide(chosen, now=100)) == ["a/idle"]
+
+
+def test_without_idle_first_idleness_does_not_change_the_victim_order() -> None:
+    # the busy task checkpointed recently: it loses the least work, so it goes first
+    assert victims(idle_world().decide(policy(team("a", 8), team("b", 8)), now=100)) == [
+        "a/busy"
+    ]
+
+
+def test_idle_first_never_puts_an_idle_task_of_higher_priority_first() -> None:
+    world = World(gpus=16)
+    world.running("a", "own", 8, admitted=1)
+    world.running("a", "busy-low", 4, "low", admitted=2)
+    world.running("a", "idle-high", 4, "high", admitted=3).idle_since = 1.0
+    world.pending("b", "owner", 4, at=90)
+    chosen = policy(team("a", 8), team("b", 8), preemption={"idleFirst": True})
+    assert victims(world.decide(chosen, now=100)) == ["a/busy-low"]

@@ -54,9 +54,11 @@ class CandidateOrder:
     the round would make a reference cycle, leaving the round's thousands of objects to the
     cyclic garbage collector instead of freeing them as the round ends."""
 
-    def __init__(self, now: float, *, checkpoint_aware: bool) -> None:
+    def __init__(self, now: float, *, checkpoint_aware: bool, idle_first: bool = False) -> None:
         self.now = now
         self.checkpoint_aware = checkpoint_aware
+        self.idle_first = idle_first
+        """Idle tasks (``Task.idle_since``) first within a priority level."""
 
     def victim(self, task: Task, book: Book, effective: int) -> Victim:
         return Victim(task, task.key, book, task.gpus, effective, task.work_at_risk(self.now))
@@ -65,21 +67,25 @@ class CandidateOrder:
         """The keys are built for the sort only: kept on every victim, they would be a
         thousand more objects that live through the round (more garbage collections)."""
         if self.checkpoint_aware:
-            victims.sort(key=_checkpoint_aware_key)
+            victims.sort(key=_checkpoint_aware_key if not self.idle_first
+                         else _idle_checkpoint_aware_key)  # fmt: skip
         else:
-            victims.sort(key=_recent_first_key)
+            victims.sort(key=_recent_first_key if not self.idle_first else _idle_recent_key)
 
     def order_level(self, tasks: list[Task]) -> tuple[list[Task], list[float]]:
         """Tasks of one priority level in victim order, with the work each would lose."""
         now = self.now
         work = [task.work_at_risk(now) for task in tasks]
-        keys: list[tuple[float, float, str]] | list[tuple[float, str]]
+        keys: list[tuple[int, float, float, str]] | list[tuple[int, float, str]]
+        idle_first = self.idle_first
         if self.checkpoint_aware:
             keys = [
-                (lost, -admitted_at(task), task.key) for task, lost in zip(tasks, work, strict=True)
+                (_busy_rank(task, idle_first), lost, -admitted_at(task), task.key)
+                for task, lost in zip(tasks, work, strict=True)
             ]
         else:
-            keys = [(-admitted_at(task), task.key) for task in tasks]
+            keys = [(_busy_rank(task, idle_first), -admitted_at(task), task.key)
+                    for task in tasks]  # fmt: skip
         order = sorted(range(len(tasks)), key=keys.__getitem__)
         return [tasks[index] for index in order], [work[index] for index in order]
 
@@ -90,6 +96,23 @@ def _checkpoint_aware_key(victim: Victim) -> tuple[int, float, float, str]:
 
 def _recent_first_key(victim: Victim) -> tuple[int, float, str]:
     return (victim.effective, -admitted_at(victim.task), victim.key)
+
+
+def _busy_rank(task: Task, idle_first: bool) -> int:
+    return 1 if idle_first and task.idle_since is None else 0
+
+
+def _busy(victim: Victim) -> int:
+    return _busy_rank(victim.task, True)
+
+
+def _idle_checkpoint_aware_key(victim: Victim) -> tuple[int, int, float, float, str]:
+    return (victim.effective, _busy(victim), victim.work_lost, -admitted_at(victim.task),
+            victim.key)  # fmt: skip
+
+
+def _idle_recent_key(victim: Victim) -> tuple[int, int, float, str]:
+    return (victim.effective, _busy(victim), -admitted_at(victim.task), victim.key)
 
 
 class Levels:

@@ -117,7 +117,8 @@ class _Round:
         self.search = VictimSearch(
             self.books,
             self.priorities,
-            CandidateOrder(now, checkpoint_aware=checkpoint_aware),
+            CandidateOrder(now, checkpoint_aware=checkpoint_aware,
+                           idle_first=policy.preemption.idle_first),
             self.slots,
             self.nodes,
             set(),

@@ -134,6 +134,10 @@ class PreemptionSettings(_Strict):
     waits that long at most (HyperPod and Kueue users expect minutes, not days)."""
     aging_boost_per_preemption: int = Field(default=5, ge=0, le=100)
     aging_max_boost: int = Field(default=20, ge=0, le=100)
+    idle_first: bool = False
+    """Among victims of the same standing (borrowed or own, same effective priority), take
+    tasks the usage ledger flagged idle (GPUs under --idle-threshold for --idle-after)
+    before busy ones: their preemption costs the least work."""
 
     def grace_for(self, asked: float | None) -> float:
         """The grace a victim gets: what it asked for (``None``: the default), at most

@@ -255,6 +255,11 @@ class SimCluster:
     def is_down(self, node: str) -> bool:
         return node in self._down_until
 
+    def next_event_at(self) -> float | None:
+        """When the next scheduled event happens (None: nothing is scheduled): a caller that
+        watches every change steps with ``run_until(next_event_at())``."""
+        return self._heap[0][0] if self._heap else None
+
     # -- views -------------------------------------------------------------------------------
 
     def nodes(self) -> list[NodeView]:
@@ -386,6 +391,7 @@ class SimCluster:
             return
         self._down_until[node] = math.inf if repair_s is None else self.now + repair_s
         self._set_capacity()
+        self._refresh_checkpoints()  # the tasks hit lose what their last checkpoint lacks
         decisions = on_node_fault(self.state.tasks.values(), node, self.now, self.policy.requeue)
         how_long = "until repaired" if repair_s is None else f"for {repair_s / 3600:.1f} h"
         self._emit("fault", node, f"down {how_long}, {len(decisions)} task(s) hit")
@@ -462,6 +468,8 @@ class SimCluster:
         kept = done if run.spec.checkpoint_on_preempt else run.saved_at(self.now)
         self._stats.lost_preempt_gpu_s += run.spec.demand * (done - kept)
         self._stats.preemptions += 1
+        if run.spec.checkpoint_on_preempt:  # saved in its grace: governance learns of it
+            self.state.checkpoint(preempt.victim, self.now)
         self._stop_running(run)
         run.progress = kept
         self._push(self.now + preempt.grace_s, _Release(preempt.victim, run.epoch))

@@ -20,11 +20,14 @@ one runs).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from coordinator.governance.decisions import Admit, Decision, Fail, Preempt, Requeue
+
+REMOVED_KEPT = 100_000
 
 
 class TaskState(StrEnum):
@@ -105,6 +108,10 @@ class Task:
     requeue_cause: RequeueCause | None = None
     backoff_until: float | None = None
     reason: str = ""
+    idle_since: float | None = None
+    """Since when its GPUs have run under the idle threshold, once the usage ledger has
+    flagged it (None: busy, or not measured). With ``preemption.idleFirst`` the engine takes
+    idle victims before busy ones of the same standing."""
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -164,6 +171,9 @@ class GovernanceState:
     tasks: dict[str, Task] = field(default_factory=dict)
     _owed: dict[str, set[str]] = field(default_factory=dict, repr=False)
     """Preemptor -> the released victims whose freed GPUs it has a claim on."""
+    removed: deque[Task] = field(default_factory=lambda: deque(maxlen=REMOVED_KEPT), repr=False)
+    """Tasks removed since the usage ledger last looked (it drains them): how each ended.
+    Bounded, so a coordinator without a ledger does not grow it for ever."""
 
     def add(self, task: Task) -> None:
         if task.key in self.tasks:
@@ -179,6 +189,7 @@ class GovernanceState:
     def remove(self, key: str) -> Task:
         task = self.tasks.pop(key)
         self._end_claims(task)
+        self.removed.append(task)
         return task
 
     def apply(self, decision: Decision, now: float) -> None:

@@ -17,6 +17,7 @@
   const state = {
     selected: nodeFromHash(),
     samples: [], // {t: server seconds, v: percent or null}
+    usage: null, // the latest usage summary (GET /api/v1/usage/summary)
     lastSuccess: null, // Date of the last poll in which every request answered
     failingSince: null,
     serverNow: null, // the coordinator's clock at the last cluster answer: ages use it, not ours
@@ -469,6 +470,117 @@
     );
   }
 
+  // --- usage: GPU-hours per team over the chosen range ------------------------------------
+
+  const USAGE_EVERY_MS = 60000; // the ledger writes every 15 s; a day's bars move slowly
+  const TEAM_COLOURS = ["#1f4e79", "#c0504d", "#9bbb59", "#8064a2", "#f79646", "#4bacc6"];
+
+  function usageRange() {
+    const days = Number($("usage-range").value) || 7;
+    const today = new Date((state.serverNow ?? Date.now() / 1000) * 1000);
+    const iso = (d) => d.toISOString().slice(0, 10);
+    const from = new Date(today.getTime() - (days - 1) * 86400000);
+    return { from: iso(from), to: iso(today) };
+  }
+
+  async function refreshUsage() {
+    const range = usageRange();
+    const query = `from=${range.from}&to=${range.to}`;
+    $("usage-export").href = `/api/v1/usage/summary?${query}&format=csv`;
+    let report;
+    try {
+      report = await getJson(`/api/v1/usage/summary?${query}`);
+    } catch (error) {
+      if (error.status === 404) {
+        show("usage", false); // this coordinator keeps no ledger
+        return;
+      }
+      throw error;
+    }
+    show("usage", true);
+    state.usage = report;
+    drawUsage();
+    const missing = report.missing || [];
+    $("usage-missing").textContent = missing.length
+      ? `Missing data: ${missing
+          .map((p) => `${p.kind === "node" ? p.subject : "coordinator"} ${clock(p.start)} to ` +
+            `${clock(p.end)}`)
+          .join("; ")}`
+      : "No missing data in this range.";
+  }
+
+  function drawUsage() {
+    const report = state.usage;
+    const canvas = $("usage-chart");
+    if (!report) return;
+    const byDay = new Map();
+    const teams = [];
+    for (const row of report.rows || []) {
+      if (!teams.includes(row.team)) teams.push(row.team);
+      const day = byDay.get(row.date) || {};
+      day[row.team] = (day[row.team] || 0) + row.allocated_gpu_h;
+      byDay.set(row.date, day);
+    }
+    teams.sort();
+    const days = [...byDay.keys()].sort();
+    canvas.dataset.days = String(days.length);
+    canvas.dataset.teams = teams.join(",");
+    const totals = days.map((d) => teams.reduce((sum, t) => sum + (byDay.get(d)[t] || 0), 0));
+    canvas.dataset.totals = totals.map((v) => v.toFixed(1)).join(",");
+    const legend = $("usage-legend");
+    legend.replaceChildren();
+    teams.forEach((team, i) => {
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = TEAM_COLOURS[i % TEAM_COLOURS.length];
+      const name = document.createElement("span");
+      name.textContent = team;
+      legend.append(swatch, name);
+    });
+    const ratio = window.devicePixelRatio || 1;
+    const width = canvas.clientWidth;
+    const height = canvas.clientHeight;
+    if (width === 0 || height === 0) return;
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, width, height);
+    const top = Math.max(1, ...totals);
+    const left = 44;
+    const bottom = height - 18;
+    const slot = (width - left) / Math.max(1, days.length);
+    const style = getComputedStyle(canvas);
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.fillStyle = style.getPropertyValue("--chart-label").trim() || "#666";
+    ctx.textAlign = "right";
+    ctx.fillText(`${Math.round(top)} GPU-h`, left - 4, 10);
+    days.forEach((day, i) => {
+      let y = bottom;
+      teams.forEach((team, k) => {
+        const h = ((byDay.get(day)[team] || 0) / top) * (bottom - 10);
+        ctx.fillStyle = TEAM_COLOURS[k % TEAM_COLOURS.length];
+        ctx.fillRect(left + i * slot + 1, y - h, Math.max(1, slot - 2), h);
+        y -= h;
+      });
+    });
+    canvas.setAttribute(
+      "aria-label",
+      `GPU-hours per team over ${days.length} days: ${teams.length} teams, ` +
+        `${totals.reduce((a, b) => a + b, 0).toFixed(1)} GPU-hours allocated`,
+    );
+  }
+
+  async function usageLoop() {
+    try {
+      await refreshUsage();
+    } catch (error) {
+      reportFreshness([`usage: ${error && error.message}`]);
+    } finally {
+      setTimeout(usageLoop, USAGE_EVERY_MS);
+    }
+  }
+
   // --- polling ------------------------------------------------------------------------------
 
   async function getJson(path) {
@@ -608,8 +720,15 @@
       select(name);
     });
     $("detail-close").addEventListener("click", () => select(null));
-    window.addEventListener("resize", drawChart);
+    window.addEventListener("resize", () => {
+      drawChart();
+      drawUsage();
+    });
+    $("usage-range").addEventListener("change", () => {
+      refreshUsage().catch((error) => reportFreshness([String(error && error.message)]));
+    });
     loop();
+    usageLoop();
   }
 
   wire();

@@ -74,6 +74,7 @@ from coordinator.governance.tasks import (
     Task,
     TaskState,
 )
+from coordinator.ledger.sources import GovernanceView
 from coordinator.pods import (
     ADMISSION_GATE,
     BACKOFF_UNTIL_ANNOTATION,
@@ -268,6 +269,16 @@ class KubeGovernor:
 
     def priority_classes(self) -> list[Json]:
         return classes_json(self.state, self.policy, self._clock())
+
+    def accounting_view(self) -> GovernanceView:
+        """For the usage ledger: the tasks, and the UIDs of their pods (the owners an agent
+        with attribution reports on each GPU)."""
+        owners: dict[str, set[str]] = {}
+        for pod in self._pods.values():
+            if pod.task is not None:
+                owners.setdefault(f"{pod.namespace}/{pod.task}", set()).add(f"pod:{pod.uid}")
+        return GovernanceView(self.state, self.policy, self._clock(),
+                              {key: frozenset(uids) for key, uids in owners.items()})
 
     def set_capacity(self, healthy_gpus_by_node: dict[str, int]) -> None:
         if self._healthy == healthy_gpus_by_node:

@@ -17,6 +17,7 @@ from coordinator.audit import AuditEntry, AuditKind, AuditLog
 from coordinator.governance.policy import Policy
 from coordinator.governance.simcluster import SimCluster, SimEvent
 from coordinator.governance.workload import Workload
+from coordinator.ledger.sources import GovernanceView
 from coordinator.task_governance import (
     Json,
     classes_json,
@@ -91,6 +92,11 @@ class SimGovernor:
 
     def priority_classes(self) -> list[Json]:
         return classes_json(self.sim.state, self.sim.policy, self.sim.now)
+
+    def accounting_view(self) -> GovernanceView:
+        """The simulated cluster as it stands, on the wall clock: the ledger samples it as it
+        would a real one (its own tasks are the owners the demo's GPUs show)."""
+        return GovernanceView(self.sim.state, self.sim.policy, self._clock())
 
     def set_capacity(self, healthy_gpus_by_node: dict[str, int]) -> None:
         for node in list(self._out):
