@@ -6,6 +6,10 @@ pynvml ctypes structures where they carry no driver pointers), and every constan
 ``NVMLError_*`` class it exposes *is* pynvml's, so ``except nvml.NVMLError_GpuIsLost`` catches
 the same thing on both. Functions it does not simulate are absent, as on an old binding.
 
+Workloads are scripted too: processes start and end (each with the cgroup its /proc entry
+shows, kept in :attr:`FakeNvml.proc`) and a GPU's load can be set from a moment on; NVML's
+utilization sample buffers are made from that load (:mod:`agent.sim.fake_usage`).
+
 Thread-safe: faults may be injected from any thread while the collector and watcher read.
 """
 
@@ -21,6 +25,16 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import pynvml
+
+from agent.sim.fake_proc import FakeProc
+from agent.sim.fake_usage import (
+    FakeProcess,
+    LoadScript,
+    SampleClock,
+    process_samples,
+    utilization_samples,
+)
+from agent.sim.workloads import demo_processes
 
 FAULT_KINDS: Final = (
     "xid",
@@ -45,7 +59,6 @@ SM_CLOCK_THROTTLED_MHZ = 1095
 MEM_CLOCK_MHZ = 2619
 # the bus numbers of the eight GPUs of a p5.48xlarge, so demo output looks like the real thing
 _BUSES: Final = (0x53, 0x64, 0x75, 0x86, 0x97, 0xA8, 0xB9, 0xCA)
-_FAKE_PID_BASE = 4_100_000  # above the usual pid range, so psutil resolves none of them
 _THERMAL_REASONS = (
     pynvml.nvmlClocksEventReasonSwThermalSlowdown | pynvml.nvmlClocksEventReasonHwThermalSlowdown
 )
@@ -82,7 +95,7 @@ class _FakeGpu:
     uuid: str
     serial: str
     bus: int
-    phase: float
+    load: LoadScript
     lost: bool = False
     thermal: bool = False
     nvlink_up: list[bool] = field(default_factory=list)
@@ -98,7 +111,7 @@ class _FakeGpu:
     retired_dbe: list[int] = field(default_factory=list)
     retirement_pending: bool = False
     pcie_replays: int = 0
-    processes: list[tuple[int, int]] = field(default_factory=list)  # (pid, used bytes)
+    processes: list[FakeProcess] = field(default_factory=list)
 
     @property
     def bus_id(self) -> str:
@@ -114,20 +127,15 @@ def _make_gpu(index: int, seed: int | str, nvlinks: int) -> _FakeGpu:
     uuid = f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
     serial = str(1650000000000 + int(_stable_hex(seed, f"serial{index}", 8), 16) % 10**9)
     bus = _BUSES[index] if index < len(_BUSES) else 0x10 + index
-    gib = 1024**3
-    # a training job on most GPUs, a second small process on some: enough for the demo
-    processes = [(_FAKE_PID_BASE + index * 8, (40 + 3 * index) * gib)]
-    if index % 3 == 0:
-        processes.append((_FAKE_PID_BASE + index * 8 + 1, 2 * gib))
+    phase = int(_stable_hex(seed, f"phase{index}", 4), 16) / 0xFFFF * 2 * math.pi
     return _FakeGpu(
         index=index,
         uuid=uuid,
         serial=serial,
         bus=bus,
-        phase=int(_stable_hex(seed, f"phase{index}", 4), 16) / 0xFFFF * 2 * math.pi,
+        load=LoadScript(phase),
         nvlink_up=[True] * nvlinks,
         nvlink_errors=[[0, 0, 0, 0] for _ in range(nvlinks)],
-        processes=processes,
     )
 
 
@@ -136,7 +144,9 @@ class FakeNvml:
 
     ``calls`` counts every simulated call by function name (tests use it to prove that an
     unsupported call is not retried). ``fail_init`` makes nvmlInit raise
-    NVMLError_LibraryNotFound, as on a node without the driver.
+    NVMLError_LibraryNotFound, as on a node without the driver. ``workloads`` starts the
+    demo's pods on the GPUs (:mod:`agent.sim.workloads`); without it the GPUs start idle.
+    ``clock`` (seconds) drives the load and the sample buffers.
     """
 
     def __init__(
@@ -146,6 +156,7 @@ class FakeNvml:
         seed: int | str = 0,
         nvlinks: int = NVLINKS_PER_GPU,
         fail_init: bool = False,
+        workloads: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = threading.RLock()
@@ -154,11 +165,17 @@ class FakeNvml:
         self._fail_init = fail_init
         self._clock = clock
         self._t0 = clock()
+        self._samples = SampleClock(base_us=int(time.time() * 1_000_000))
+        self.proc = FakeProc()
         self._init_count = 0
         self._unsupported: set[str] = set()
         self._missing: set[str] = set()
         self._event_sets: list[FakeEventSet] = []
         self.calls: Counter[str] = Counter()
+        if workloads:
+            for g in self._gpus:
+                for p in demo_processes(g.index, seed):
+                    self.start_process(g.index, p)
 
     # -- pynvml's constants and error classes, shared, not copied ---------------------------
 
@@ -187,6 +204,24 @@ class FakeNvml:
         """Make these functions raise FunctionNotFound, as an older driver does."""
         with self._lock:
             self._missing |= set(names)
+
+    def start_process(self, gpu: int, process: FakeProcess) -> None:
+        """Run ``process`` on ``gpu``; its cgroup shows in :attr:`proc` until it ends."""
+        with self._lock:
+            self._gpus[gpu].processes.append(process)
+            self.proc.add(process.pid, process.cgroup)
+
+    def end_process(self, pid: int) -> None:
+        with self._lock:
+            for g in self._gpus:
+                g.processes = [p for p in g.processes if p.pid != pid]
+            self.proc.remove(pid)
+
+    def set_load(self, gpu: int, gpu_pct: float | None, memory_pct: float | None = None) -> None:
+        """From now on (the fake's clock) ``gpu`` runs at these utilizations; ``gpu_pct``
+        None returns it to its wave. Memory defaults to half the GPU figure."""
+        with self._lock:
+            self._gpus[gpu].load.set(self._now(), gpu_pct, memory_pct)
 
     def inject(self, gpu: int, fault: str, xid: int | None = None) -> None:
         if fault not in FAULT_KINDS:
@@ -271,9 +306,11 @@ class FakeNvml:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return g
 
+    def _now(self) -> float:
+        return self._clock() - self._t0
+
     def _utilization(self, g: _FakeGpu) -> int:
-        t = self._clock() - self._t0
-        return max(0, min(100, round(82 + 12 * math.sin(t / 20 + g.phase))))
+        return g.load.at(self._now())[0]
 
     # -- library ----------------------------------------------------------------------------
 
@@ -349,16 +386,42 @@ class FakeNvml:
         with self._lock:
             g = self._device("nvmlDeviceGetUtilizationRates", handle)
             util = pynvml.c_nvmlUtilization_t()
-            util.gpu = self._utilization(g)
-            util.memory = util.gpu // 2
+            util.gpu, util.memory = g.load.at(self._now())
             return util
+
+    def nvmlDeviceGetSamples(  # noqa: N802
+        self, handle: FakeHandle, sampling_type: int, timeStamp: int  # noqa: N803
+    ) -> tuple[int, Any]:
+        with self._lock:
+            g = self._device("nvmlDeviceGetSamples", handle)
+            kinds = (pynvml.NVML_GPU_UTILIZATION_SAMPLES, pynvml.NVML_MEMORY_UTILIZATION_SAMPLES)
+            if sampling_type not in kinds:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # not simulated
+            ticks = self._samples.ticks(self._now(), timeStamp)
+            if not ticks:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+            memory = sampling_type == pynvml.NVML_MEMORY_UTILIZATION_SAMPLES
+            samples = utilization_samples(g.load, self._samples, ticks, memory=memory)
+            return pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, samples[0 : len(ticks)]
+
+    def nvmlDeviceGetProcessUtilization(  # noqa: N802
+        self, handle: FakeHandle, timeStamp: int  # noqa: N803
+    ) -> list[Any]:
+        with self._lock:
+            g = self._device("nvmlDeviceGetProcessUtilization", handle)
+            ticks = self._samples.ticks(self._now(), timeStamp)
+            found = process_samples(g.load, self._samples, ticks, g.processes) if ticks else []
+            if not found:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+            return found
 
     def nvmlDeviceGetMemoryInfo(self, handle: FakeHandle) -> Any:  # noqa: N802
         with self._lock:
             g = self._device("nvmlDeviceGetMemoryInfo", handle)
             memory = pynvml.c_nvmlMemory_t()
             memory.total = MEMORY_TOTAL_BYTES
-            memory.used = min(MEMORY_TOTAL_BYTES, 512 * 1024**2 + sum(b for _, b in g.processes))
+            used = sum(p.used_bytes for p in g.processes)
+            memory.used = min(MEMORY_TOTAL_BYTES, 512 * 1024**2 + used)
             memory.free = memory.total - memory.used
             return memory
 
@@ -408,17 +471,28 @@ class FakeNvml:
     def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> list[Any]:  # noqa: N802
         with self._lock:
             g = self._device("nvmlDeviceGetComputeRunningProcesses", handle)
-            return [
-                pynvml.nvmlFriendlyObject(
-                    {
-                        "pid": pid,
-                        "usedGpuMemory": used,
-                        "gpuInstanceId": 0xFFFFFFFF,
-                        "computeInstanceId": 0xFFFFFFFF,
-                    }
-                )
-                for pid, used in g.processes
-            ]
+            return self._process_infos(g, graphics=False)
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: FakeHandle) -> list[Any]:  # noqa: N802
+        with self._lock:
+            g = self._device("nvmlDeviceGetGraphicsRunningProcesses", handle)
+            return self._process_infos(g, graphics=True)
+
+    @staticmethod
+    def _process_infos(g: _FakeGpu, *, graphics: bool) -> list[Any]:
+        """What the binding's _v3 readers return: friendly objects of c_nvmlProcessInfo_v3_t."""
+        return [
+            pynvml.nvmlFriendlyObject(
+                {
+                    "pid": p.pid,
+                    "usedGpuMemory": p.used_bytes,
+                    "gpuInstanceId": 0xFFFFFFFF,
+                    "computeInstanceId": 0xFFFFFFFF,
+                }
+            )
+            for p in g.processes
+            if p.graphics == graphics
+        ]
 
     # -- memory health ----------------------------------------------------------------------
 
