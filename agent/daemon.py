@@ -24,6 +24,7 @@ from agent.host import collect_host
 from agent.kmsg import KmsgFollower
 from agent.metrics import AgentMetrics
 from agent.nvml_collector import GpuCollector
+from agent.proc_owners import ProcDir, ProcSource
 from agent.publisher import Publisher, Stamp
 from agent.sample import BusFault, CollectError, NodeSample, XidEvent
 from agent.settings import AgentSettings
@@ -61,6 +62,20 @@ class CollectDeadline:
     collect_s: float = 20.0
 
 
+def proc_source(settings: AgentSettings, nvml: Any) -> ProcSource | None:
+    """Where GPU processes' cgroups are read: ``--proc-root``, or with the sim backend the
+    simulated node's own /proc (its processes exist nowhere else); None when off."""
+    if settings.proc_root is None:
+        return None
+    if settings.gpu_backend == "sim":
+        from agent.sim.fake_proc import FakeProc  # noqa: PLC0415 - the sim backend only
+
+        simulated = getattr(nvml, "proc", None)
+        if isinstance(simulated, FakeProc):
+            return simulated
+    return ProcDir(settings.proc_root)
+
+
 class Agent:
     def __init__(
         self,
@@ -74,7 +89,9 @@ class Agent:
         self.settings = settings
         self.metrics = metrics or AgentMetrics()
         self.stamp = Stamp(settings.cluster, settings.node, boot_id)
-        self.collector = GpuCollector(nvml, expected_gpus=settings.expected_gpus)
+        self.collector = GpuCollector(
+            nvml, expected_gpus=settings.expected_gpus, proc=proc_source(settings, nvml)
+        )
         self._nvml = nvml
         self._deadline = deadline
         self._table = XidTable.load(settings.xid_table)
@@ -263,6 +280,7 @@ class Agent:
             gpus=list(verdict.gpus),
             host=host,
             findings=list(verdict.findings),
+            attribution=self.collector.attribution,
         )
         self.metrics.observe_gpus(state.gpus, state.health)
         self.last_sample_ts = sample.ts

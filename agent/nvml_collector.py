@@ -14,18 +14,21 @@ deadline. A pass that is still stuck in the driver makes the next call raise
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 import structlog
 
+from agent.gpu_work import GpuWorkReader
 from agent.kmsg import pci_key
+from agent.nvml_usage import union_value
+from agent.proc_owners import ProcessTable, ProcSource
 from agent.sample import CollectError
 from gpuwarden_common.wire import (
+    Attribution,
     EccCounts,
-    GpuProcess,
     GpuState,
     NvLink,
     Pcie,
@@ -36,7 +39,7 @@ from gpuwarden_common.wire import (
 log = structlog.get_logger(__name__)
 
 _SIM_HINT = "Use --gpu-backend sim to try without a GPU"
-_MAX_PROCESSES = 1024  # the wire's limit per GPU
+_RECORD = object()  # _Pass.call's default for NotFound: a failure like any other
 
 
 class NvmlUnavailable(RuntimeError):
@@ -152,8 +155,6 @@ _NVLINK_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("replay", "NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL", "NVML_NVLINK_ERROR_DL_REPLAY"),
     ("recovery", "NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL", "NVML_NVLINK_ERROR_DL_RECOVERY"),
 )
-# c_nvmlValue_t member per NVML_VALUE_TYPE_* (0..6)
-_VALUE_MEMBERS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
 
 
 def _text(value: object) -> str:
@@ -178,9 +179,18 @@ class _Pass:
         self.slot = slot
         self.errors = errors
 
-    def call(self, what: str, function: str, *args: Any) -> Any:
+    @property
+    def gpu_index(self) -> int:
+        return self.slot.index
+
+    def unsupported(self, what: str) -> bool:
+        return what in self.slot.unsupported
+
+    def call(self, what: str, function: str, *args: Any, not_found: object = _RECORD) -> Any:
         """The call's result, or None when unsupported (remembered) or failed (recorded).
 
+        ``not_found``, when given, is returned for NVMLError_NotFound, which the calls that
+        read "samples newer than" answer when there are none: no failure then.
         Raises :class:`_GpuLostError` when the GPU is gone: the pass on this GPU ends there.
         """
         slot = self.slot
@@ -198,6 +208,11 @@ class _Pass:
             return None
         except c.lost_errors as exc:
             raise _GpuLostError(what, _text(exc)) from None
+        except c.not_found_errors as exc:
+            if not_found is _RECORD:
+                self.fail(what, exc)
+                return None
+            return not_found
         except c.unknown_errors as exc:
             # NVMLError_Unknown from a handle that answered before usually means the GPU
             # went away; one cheap call tells that apart from a single odd field
@@ -231,7 +246,8 @@ class GpuCollector:
 
     ``expected_gpus``: how many GPUs this node should have (from the instance type, say);
     defaults to the count NVML reports at :meth:`start`. Indices below it that NVML does not
-    show are reported lost.
+    show are reported lost. ``proc``: where to read which workload each GPU process belongs
+    to (None: attribution off, every owner ``unknown``).
     """
 
     def __init__(
@@ -240,10 +256,11 @@ class GpuCollector:
         *,
         expected_gpus: int | None = None,
         process_name: Callable[[int], str | None] = _process_name,
+        proc: ProcSource | None = None,
     ) -> None:
         self.nvml = nvml
         self._expected = expected_gpus
-        self._process_name = process_name
+        self._work = GpuWorkReader(ProcessTable(proc, process_name=process_name))
         self._slots: list[_Slot] = []
         self._driver_version: str | None = None
         self._started = False
@@ -256,6 +273,7 @@ class GpuCollector:
         self.unsupported_errors = errors("NVMLError_NotSupported", "NVMLError_FunctionNotFound")
         self.lost_errors = errors("NVMLError_GpuIsLost", "NVMLError_ResetRequired")
         self.unknown_errors = errors("NVMLError_Unknown")
+        self.not_found_errors = errors("NVMLError_NotFound")
         self._absent_link_errors = errors("NVMLError_NotSupported", "NVMLError_InvalidArgument")
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -346,6 +364,11 @@ class GpuCollector:
         return self._expected if self._expected is not None else len(self._slots)
 
     @property
+    def attribution(self) -> Attribution | None:
+        """How GPU processes are attributed to workloads (settled by the first pass)."""
+        return self._work.attribution
+
+    @property
     def identities(self) -> tuple[GpuIdentity, ...]:
         return tuple(slot.identity for slot in self._slots)
 
@@ -404,6 +427,7 @@ class GpuCollector:
             if index not in known:
                 message = f"NVML shows {len(self._slots)} GPUs, {self.expected_gpus} expected"
                 states.append(self._lost(_Slot(GpuIdentity(index), None), "count", message, errors))
+        self._work.end_pass()
         return tuple(states), tuple(errors)
 
     def _gone_since_start(self, errors: list[CollectError]) -> dict[int, str]:
@@ -441,7 +465,8 @@ class GpuCollector:
     def _read_gpu(self, read: _Pass) -> GpuState:
         nvml = self.nvml
         ident = read.slot.identity
-        util = read.call("utilization", "nvmlDeviceGetUtilizationRates")
+        work = self._work.read(read)
+        util = work.utilization
         memory = read.call("memory", "nvmlDeviceGetMemoryInfo")
         temperature = read.call(
             "temperature", "nvmlDeviceGetTemperature", nvml.NVML_TEMPERATURE_GPU
@@ -460,8 +485,10 @@ class GpuCollector:
             name=ident.name,
             serial=ident.serial,
             pci_bus_id=ident.pci_bus_id,
-            utilization_gpu_pct=None if util is None else float(util.gpu),
-            utilization_memory_pct=None if util is None else float(util.memory),
+            utilization_gpu_pct=util.gpu_pct,
+            utilization_memory_pct=util.memory_pct,
+            utilization_source=util.source,
+            utilization_window_s=util.window_s,
             memory_used_bytes=None if memory is None else int(memory.used),
             memory_total_bytes=None if memory is None else int(memory.total),
             temperature_c=None if temperature is None else float(temperature),
@@ -476,7 +503,8 @@ class GpuCollector:
             retired_pages=retired,
             pcie=self._pcie(read, fields),
             nvlink=self._nvlink(read, fields),
-            processes=self._processes(read),
+            processes=work.processes,
+            owners=work.owners,
         )
 
     def _clock_event_reasons(self, read: _Pass) -> int | None:
@@ -519,10 +547,8 @@ class GpuCollector:
 
     @staticmethod
     def _field_int(value: Any) -> int | None:
-        value_type = int(value.valueType)
-        if not 0 <= value_type < len(_VALUE_MEMBERS):
-            return None
-        return int(getattr(value.value, _VALUE_MEMBERS[value_type]))
+        number = union_value(value.value, int(value.valueType))
+        return None if number is None else int(number)
 
     def _from_field(
         self, fields: dict[int, int | None], name: str, fallback: Callable[[], int | None]
@@ -653,23 +679,3 @@ class GpuCollector:
             replay_errors=totals["replay"],
             recovery_errors=totals["recovery"],
         )
-
-    # -- work on the GPU --------------------------------------------------------------------
-
-    def _processes(self, read: _Pass) -> list[GpuProcess]:
-        found: Sequence[Any] | None = read.call("processes", "nvmlDeviceGetComputeRunningProcesses")
-        if found is None and "processes" in read.slot.unsupported:
-            # the binding maps the plain name to _v3, which older drivers lack
-            found = read.call("processes_v2", "nvmlDeviceGetComputeRunningProcesses_v2")
-        processes: list[GpuProcess] = []
-        for p in (found or ())[:_MAX_PROCESSES]:
-            pid = int(p.pid)
-            used = getattr(p, "usedGpuMemory", None)
-            processes.append(
-                GpuProcess(
-                    pid=pid,
-                    used_memory_bytes=None if used is None else int(used),
-                    name=self._process_name(pid),
-                )
-            )
-        return processes

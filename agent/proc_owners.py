@@ -96,9 +96,10 @@ class ProcessTable:
         return len(self._known)
 
     @property
-    def attribution(self) -> Attribution:
-        """How processes are attributed; settled by the first lookup."""
-        return self._mode()
+    def attribution(self) -> Attribution | None:
+        """How processes are attributed; None until the first pass settles it (this never
+        reads /proc, so the event loop may ask)."""
+        return self._attribution
 
     def facts(self, pid: int) -> ProcessFacts:
         self._seen.add(pid)
@@ -112,7 +113,9 @@ class ProcessTable:
         return found
 
     def end_pass(self) -> None:
-        """Forget the processes this pass did not ask about."""
+        """Forget the processes this pass did not ask about (and settle the attribution
+        mode, on a node where no GPU runs anything yet)."""
+        self._mode()
         for pid in [p for p in self._known if p not in self._seen]:
             del self._known[pid]
         self._seen.clear()

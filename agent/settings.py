@@ -39,6 +39,8 @@ class AgentSettings:
     xid_table: Path | None
     xid_history: Path | None
     kmsg_path: Path | None
+    # the host's /proc, where each GPU process's cgroup names its owner; None: attribution off
+    proc_root: Path | None
     expected_gpus: int | None
     instance_type: str | None
     disk_path: str
@@ -125,6 +127,12 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="kernel log to follow for NVRM Xid lines, or off",
     )
     p.add_argument(
+        "--proc-root",
+        default=e("PROC_ROOT", "/proc"),
+        help="the host's /proc, read to attribute each GPU process to its pod, Slurm job or "
+        "the host (in a container: needs hostPID), or off (default %(default)s)",
+    )
+    p.add_argument(
         "--expected-gpus",
         default=e("EXPECTED_GPUS"),
         help="GPUs this node should have (default: as many as NVML sees at start)",
@@ -207,6 +215,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> AgentSettings
         xid_table=Path(args.xid_table) if args.xid_table else None,
         xid_history=history,
         kmsg_path=None if args.kmsg in {"", "off"} else Path(args.kmsg),
+        proc_root=None if args.proc_root in {"", "off"} else Path(args.proc_root),
         expected_gpus=(
             int(positive(args.expected_gpus, "--expected-gpus", integer=True))
             if args.expected_gpus
