@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from agent.nvml_pass import union_value
 from gpuwarden_common.wire import UtilizationSource
 
-# c_nvmlValue_t member per NVML_VALUE_TYPE_* (0..6)
-VALUE_MEMBERS: Final = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
 NVML_GPU_UTILIZATION_SAMPLES: Final = 1  # nvmlSamplingType_t, as in pynvml
 NVML_MEMORY_UTILIZATION_SAMPLES: Final = 2
 
@@ -46,13 +45,6 @@ class NvmlReads(Protocol):
         ...
 
     def unsupported(self, what: str) -> bool: ...
-
-
-def union_value(value: Any, value_type: int) -> float | None:
-    """The number in a ``c_nvmlValue_t`` union of type ``NVML_VALUE_TYPE_*``."""
-    if not 0 <= value_type < len(VALUE_MEMBERS):
-        return None
-    return float(getattr(value, VALUE_MEMBERS[value_type]))
 
 
 @dataclass(frozen=True, slots=True)
