@@ -15,8 +15,6 @@ Thread-safe: faults may be injected from any thread while the collector and watc
 
 from __future__ import annotations
 
-import hashlib
-import math
 import threading
 import time
 from collections import Counter, deque
@@ -26,10 +24,25 @@ from typing import Any, Final
 
 import pynvml
 
+from agent.sim.fake_gpu import (
+    DRIVER_VERSION,
+    MEM_CLOCK_MHZ,
+    MEMORY_TOTAL_BYTES,
+    MODEL_NAME,
+    NVLINKS_PER_GPU,
+    PCIE_GEN,
+    PCIE_WIDTH,
+    POWER_LIMIT_MW,
+    SM_CLOCK_MHZ,
+    SM_CLOCK_THROTTLED_MHZ,
+    FakeGpu,
+    FakeHandle,
+    field_value,
+    make_gpu,
+)
 from agent.sim.fake_proc import FakeProc
 from agent.sim.fake_usage import (
     FakeProcess,
-    LoadScript,
     SampleClock,
     process_samples,
     utilization_samples,
@@ -46,30 +59,11 @@ FAULT_KINDS: Final = (
     "nvlink_down",
     "clear",
 )
-
-MODEL_NAME = "NVIDIA H100 80GB HBM3"
-MEMORY_TOTAL_BYTES = 81559 * 1024 * 1024
-POWER_LIMIT_MW = 700_000
-DRIVER_VERSION = "550.90.07"
-NVLINKS_PER_GPU = 18
-PCIE_GEN = 5
-PCIE_WIDTH = 16
-SM_CLOCK_MHZ = 1980
-SM_CLOCK_THROTTLED_MHZ = 1095
-MEM_CLOCK_MHZ = 2619
-# the bus numbers of the eight GPUs of a p5.48xlarge, so demo output looks like the real thing
-_BUSES: Final = (0x53, 0x64, 0x75, 0x86, 0x97, 0xA8, 0xB9, 0xCA)
 _THERMAL_REASONS = (
     pynvml.nvmlClocksEventReasonSwThermalSlowdown | pynvml.nvmlClocksEventReasonHwThermalSlowdown
 )
-
-
-@dataclass(frozen=True)
-class FakeHandle:
-    """What nvmlDeviceGetHandleByIndex returns: hashable and comparable, like a handle key."""
-
-    index: int
-
+# what tests and the demo import from here
+__all__ = ["FAULT_KINDS", "MODEL_NAME", "FakeEventData", "FakeEventSet", "FakeHandle", "FakeNvml"]
 
 @dataclass(frozen=True)
 class FakeEventData:
@@ -87,56 +81,6 @@ class FakeEventSet:
     registered: dict[int, int] = field(default_factory=dict)  # gpu index -> event mask
     queue: deque[FakeEventData] = field(default_factory=deque)
     freed: bool = False
-
-
-@dataclass
-class _FakeGpu:
-    index: int
-    uuid: str
-    serial: str
-    bus: int
-    load: LoadScript
-    lost: bool = False
-    thermal: bool = False
-    nvlink_up: list[bool] = field(default_factory=list)
-    # per link: [replay, recovery, crc_flit, crc_data], NVML_NVLINK_ERROR_DL_* order
-    nvlink_errors: list[list[int]] = field(default_factory=list)
-    ecc_volatile: list[int] = field(default_factory=lambda: [0, 0])  # corrected, uncorrected
-    ecc_aggregate: list[int] = field(default_factory=lambda: [0, 0])
-    remap_correctable: int = 0
-    remap_uncorrectable: int = 0
-    remap_pending: bool = False
-    remap_failure: bool = False
-    retired_sbe: list[int] = field(default_factory=list)
-    retired_dbe: list[int] = field(default_factory=list)
-    retirement_pending: bool = False
-    pcie_replays: int = 0
-    processes: list[FakeProcess] = field(default_factory=list)
-
-    @property
-    def bus_id(self) -> str:
-        return f"00000000:{self.bus:02X}:00.0"
-
-
-def _stable_hex(seed: int | str, text: str, length: int) -> str:
-    return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()[:length]
-
-
-def _make_gpu(index: int, seed: int | str, nvlinks: int) -> _FakeGpu:
-    h = _stable_hex(seed, f"gpu{index}", 32)
-    uuid = f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
-    serial = str(1650000000000 + int(_stable_hex(seed, f"serial{index}", 8), 16) % 10**9)
-    bus = _BUSES[index] if index < len(_BUSES) else 0x10 + index
-    phase = int(_stable_hex(seed, f"phase{index}", 4), 16) / 0xFFFF * 2 * math.pi
-    return _FakeGpu(
-        index=index,
-        uuid=uuid,
-        serial=serial,
-        bus=bus,
-        load=LoadScript(phase),
-        nvlink_up=[True] * nvlinks,
-        nvlink_errors=[[0, 0, 0, 0] for _ in range(nvlinks)],
-    )
 
 
 class FakeNvml:
@@ -161,7 +105,7 @@ class FakeNvml:
     ) -> None:
         self._lock = threading.RLock()
         self._events = threading.Condition(self._lock)
-        self._gpus = [_make_gpu(i, seed, nvlinks) for i in range(gpus)]
+        self._gpus = [make_gpu(i, seed, nvlinks) for i in range(gpus)]
         self._fail_init = fail_init
         self._clock = clock
         self._t0 = clock()
@@ -255,7 +199,7 @@ class FakeNvml:
             else:
                 self._clear(g)
 
-    def _queue_xid(self, g: _FakeGpu, xid: int) -> None:
+    def _queue_xid(self, g: FakeGpu, xid: int) -> None:
         data = FakeEventData(
             device=FakeHandle(g.index),
             eventType=pynvml.nvmlEventTypeXidCriticalError,
@@ -267,7 +211,7 @@ class FakeNvml:
         self._events.notify_all()
 
     @staticmethod
-    def _take_a_link_down(g: _FakeGpu) -> None:
+    def _take_a_link_down(g: FakeGpu) -> None:
         for link, up in enumerate(g.nvlink_up):
             if up:
                 g.nvlink_up[link] = False
@@ -275,7 +219,7 @@ class FakeNvml:
                 return
 
     @staticmethod
-    def _clear(g: _FakeGpu) -> None:
+    def _clear(g: FakeGpu) -> None:
         """What a GPU reset does: volatile state goes, persistent counters stay."""
         g.lost = False
         g.thermal = False
@@ -295,7 +239,7 @@ class FakeNvml:
         if name in self._missing:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
 
-    def _device(self, name: str, handle: FakeHandle) -> _FakeGpu:
+    def _device(self, name: str, handle: FakeHandle) -> FakeGpu:
         self._enter(name)
         if not isinstance(handle, FakeHandle) or not 0 <= handle.index < len(self._gpus):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
@@ -309,7 +253,7 @@ class FakeNvml:
     def _now(self) -> float:
         return self._clock() - self._t0
 
-    def _utilization(self, g: _FakeGpu) -> int:
+    def _utilization(self, g: FakeGpu) -> int:
         return g.load.at(self._now())[0]
 
     # -- library ----------------------------------------------------------------------------
@@ -479,7 +423,7 @@ class FakeNvml:
             return self._process_infos(g, graphics=True)
 
     @staticmethod
-    def _process_infos(g: _FakeGpu, *, graphics: bool) -> list[Any]:
+    def _process_infos(g: FakeGpu, *, graphics: bool) -> list[Any]:
         """What the binding's _v3 readers return: friendly objects of c_nvmlProcessInfo_v3_t."""
         return [
             pynvml.nvmlFriendlyObject(
@@ -557,7 +501,7 @@ class FakeNvml:
         with self._lock:
             return self._device("nvmlDeviceGetPcieReplayCounter", handle).pcie_replays
 
-    def _link(self, name: str, handle: FakeHandle, link: int) -> _FakeGpu:
+    def _link(self, name: str, handle: FakeHandle, link: int) -> FakeGpu:
         g = self._device(name, handle)
         if not g.nvlink_up:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # a PCIe card
@@ -582,35 +526,6 @@ class FakeNvml:
 
     # -- batched fields ---------------------------------------------------------------------
 
-    def _field_value(self, g: _FakeGpu, field_id: int) -> int | None:
-        p = pynvml
-
-        def links(counter: int) -> int:
-            return sum(errors[counter] for errors in g.nvlink_errors)
-
-        nvlink_fields: dict[int, Callable[[], int]] = {
-            p.NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL: lambda: links(0),
-            p.NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL: lambda: links(1),
-            p.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL: lambda: links(2),
-            p.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL: lambda: links(3),
-            p.NVML_FI_DEV_NVLINK_LINK_COUNT: lambda: len(g.nvlink_up),
-        }
-        other_fields: dict[int, Callable[[], int]] = {
-            p.NVML_FI_DEV_ECC_SBE_VOL_TOTAL: lambda: g.ecc_volatile[0],
-            p.NVML_FI_DEV_ECC_DBE_VOL_TOTAL: lambda: g.ecc_volatile[1],
-            p.NVML_FI_DEV_ECC_SBE_AGG_TOTAL: lambda: g.ecc_aggregate[0],
-            p.NVML_FI_DEV_ECC_DBE_AGG_TOTAL: lambda: g.ecc_aggregate[1],
-            p.NVML_FI_DEV_PCIE_REPLAY_COUNTER: lambda: g.pcie_replays,
-        }
-        unsupported = {getattr(p, n) for n in self._unsupported if n.startswith("NVML_FI_")}
-        if field_id in unsupported:
-            return None
-        if field_id in nvlink_fields:
-            # a card without NVLink does not support its fields
-            return nvlink_fields[field_id]() if g.nvlink_up else None
-        reader = other_fields.get(field_id)
-        return None if reader is None else reader()
-
     def nvmlDeviceGetFieldValues(self, handle: FakeHandle, field_ids: list[int]) -> Any:  # noqa: N802
         with self._lock:
             g = self._device("nvmlDeviceGetFieldValues", handle)
@@ -619,7 +534,7 @@ class FakeNvml:
             for slot, field_id in zip(values, field_ids, strict=True):
                 slot.fieldId = field_id
                 slot.timestamp = now_us
-                value = self._field_value(g, field_id)
+                value = field_value(g, field_id, self._unsupported)
                 if value is None:
                     slot.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
                     continue
