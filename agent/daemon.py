@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -63,11 +64,12 @@ class CollectDeadline:
 
 
 def proc_source(settings: AgentSettings, nvml: Any) -> ProcSource | None:
-    """Where GPU processes' cgroups are read: ``--proc-root``, or with the sim backend the
-    simulated node's own /proc (its processes exist nowhere else); None when off."""
+    """Where GPU processes' cgroups are read: ``--proc-root``; None when off. A simulated
+    node's /proc is the simulator's own (its processes exist nowhere else), unless
+    ``--proc-root`` names another tree (the benchmarks give it cgroup files on disk)."""
     if settings.proc_root is None:
         return None
-    if settings.gpu_backend == "sim":
+    if settings.gpu_backend == "sim" and settings.proc_root == Path("/proc"):
         from agent.sim.fake_proc import FakeProc  # noqa: PLC0415 - the sim backend only
 
         simulated = getattr(nvml, "proc", None)

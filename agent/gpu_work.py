@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from agent.nvml_usage import NvmlReads, UsageReader, Utilization
+from agent.nvml_usage import NoSamples, NvmlReads, UsageReader, Utilization
 from agent.owners import group_owners
 from agent.proc_owners import ProcessTable
-from gpuwarden_common.wire import Attribution, GpuOwner, GpuProcess
+from gpuwarden_common.wire import Attribution, GpuOwner, GpuProcess, UtilizationSource
 
 MAX_PROCESSES: Final = 1024  # the wire's limit per GPU
 
@@ -48,7 +48,12 @@ class GpuWorkReader:
     def read(self, read: NvmlReads) -> GpuWork:
         utilization = self._usage.utilization(read)
         listed = self._listed(read)
-        uses = self._usage.processes(read) if listed else {}
+        uses = self._usage.processes(read) if listed else None
+        if isinstance(uses, NoSamples):
+            # no process in NVML's list: idle since the previous read if the GPU's own
+            # samples covered that time, else the reads were too close to tell
+            covered = utilization.source is UtilizationSource.SAMPLES
+            uses = {} if covered else None
         processes: list[GpuProcess] = []
         attributed = []
         for pid, used in listed:

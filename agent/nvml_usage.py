@@ -145,10 +145,10 @@ class UsageReader:
         value_type, samples = found
         return mean_of_samples(int(value_type), samples)
 
-    def processes(self, read: NvmlReads) -> dict[int, ProcessUse] | None:
+    def processes(self, read: NvmlReads) -> dict[int, ProcessUse] | NoSamples | None:
         """Per pid, SM and memory utilization since the previous read; a running process
-        missing here had none (NVML lists only processes that used the GPU). None when the
-        GPU gives no per-process figures."""
+        missing here had none (NVML lists only processes that used the GPU). NO_SAMPLES when
+        NVML lists none; None when the GPU gives no per-process figures."""
         last = self._last(read)
         found = read.call(
             "process_utilization",
@@ -156,10 +156,8 @@ class UsageReader:
             last.process_us,
             not_found=NO_SAMPLES,
         )
-        if found is None:
-            return None
-        if found is NO_SAMPLES:
-            return {}
+        if found is None or found is NO_SAMPLES:
+            return found
         uses, newest = process_uses(found)
         last.process_us = max(last.process_us, newest)
         return uses

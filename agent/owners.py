@@ -35,8 +35,8 @@ def _owner(
     if uses is not None:
         found = [uses[p.pid] for p in members if p.pid in uses]
         # two processes of one owner can share the GPU's time, but not exceed all of it
-        sm = min(100.0, sum(u.sm_pct for u in found))
-        memory_util = min(100.0, sum(u.memory_pct for u in found))
+        sm = min(100.0, sum((u.sm_pct for u in found), 0.0))
+        memory_util = min(100.0, sum((u.memory_pct for u in found), 0.0))
     return GpuOwner(
         kind=workload.kind,
         pod_uid=workload.pod_uid,

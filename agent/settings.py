@@ -35,6 +35,7 @@ class AgentSettings:
     event_ack_timeout_s: float
     gpu_backend: str
     sim_gpus: int
+    sim_processes_per_gpu: int
     sim_scenario: Path | None
     xid_table: Path | None
     xid_history: Path | None
@@ -109,6 +110,11 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     p.add_argument("--gpu-backend", default=e("GPU_BACKEND", "nvml"), choices=["nvml", "sim"])
     p.add_argument("--sim-gpus", default=e("SIM_GPUS", "8"))
+    p.add_argument(
+        "--sim-processes-per-gpu",
+        default=e("SIM_PROCESSES_PER_GPU", "1"),
+        help="worker processes of each simulated pod on each of its GPUs (default %(default)s)",
+    )
     p.add_argument(
         "--sim-scenario",
         default=e("SIM_SCENARIO"),
@@ -211,6 +217,9 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> AgentSettings
         event_ack_timeout_s=positive(args.event_ack_timeout, "--event-ack-timeout"),
         gpu_backend=args.gpu_backend,
         sim_gpus=int(positive(args.sim_gpus, "--sim-gpus", integer=True)),
+        sim_processes_per_gpu=int(
+            positive(args.sim_processes_per_gpu, "--sim-processes-per-gpu", integer=True)
+        ),
         sim_scenario=Path(args.sim_scenario) if args.sim_scenario else None,
         xid_table=Path(args.xid_table) if args.xid_table else None,
         xid_history=history,

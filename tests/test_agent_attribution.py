@@ -93,3 +93,28 @@ async def test_a_simulated_node_keeps_its_pod_uids_across_restarts_and_nodes_dif
 
     assert uids(first) == uids(again)
     assert uids(first) - {None} and not (uids(first) - {None}) & uids(other)
+
+
+async def test_a_simulated_pod_can_run_several_worker_processes_per_gpu() -> None:
+    fake = FakeNvml(gpus=2, seed="n1", processes_per_gpu=4)
+
+    state = await one_state(settings("--gpu-backend", "sim"), fake)
+
+    main = state.gpus[1].owners[0]  # GPU 1: the training pod's main container, no sidecar
+    assert (main.kind, len(main.pids)) == (OwnerKind.K8S_POD, 4)
+
+
+def test_the_simulated_workers_per_gpu_come_from_a_flag() -> None:
+    assert settings().sim_processes_per_gpu == 1
+    assert settings("--sim-processes-per-gpu", "6").sim_processes_per_gpu == 6
+
+
+async def test_a_simulated_node_reads_a_proc_tree_named_other_than_proc(tmp_path: Path) -> None:
+    # how the benchmarks give a simulated node cgroup files on disk to read
+    fake = FakeNvml(gpus=1, workloads=False)
+    fake.start_process(0, FakeProcess(200, 2**30, cgroup="0::/\n"))
+    make_proc_tree(tmp_path, {200: SLURM})
+
+    state = await one_state(settings("--gpu-backend", "sim", "--proc-root", str(tmp_path)), fake)
+
+    assert [o.kind for o in state.gpus[0].owners] == [OwnerKind.SLURM_JOB]

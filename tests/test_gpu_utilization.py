@@ -207,3 +207,15 @@ def test_an_idle_gpu_is_not_asked_for_per_process_figures(
 
     assert states[1].owners == [] and states[1].processes == []
     assert fake.calls["nvmlDeviceGetProcessUtilization"] == 1  # GPU 0 only
+
+
+def test_with_no_sample_since_the_previous_read_per_process_figures_are_unknown_not_zero(
+    fake: FakeNvml, clock: StepClock, collector: GpuCollector
+) -> None:
+    clock.advance(10)
+    gpu0(collector)  # the buffers are read up to now: nothing newer until time passes
+
+    gpu = gpu0(collector)
+
+    assert gpu.utilization_source == UtilizationSource.INSTANT
+    assert gpu.owners[0].sm_util_pct is None

@@ -89,7 +89,8 @@ class FakeNvml:
     ``calls`` counts every simulated call by function name (tests use it to prove that an
     unsupported call is not retried). ``fail_init`` makes nvmlInit raise
     NVMLError_LibraryNotFound, as on a node without the driver. ``workloads`` starts the
-    demo's pods on the GPUs (:mod:`agent.sim.workloads`); without it the GPUs start idle.
+    demo's pods on the GPUs (:mod:`agent.sim.workloads`), ``processes_per_gpu`` worker
+    processes in each pod's main container; without it the GPUs start idle.
     ``clock`` (seconds) drives the load and the sample buffers.
     """
 
@@ -101,6 +102,7 @@ class FakeNvml:
         nvlinks: int = NVLINKS_PER_GPU,
         fail_init: bool = False,
         workloads: bool = True,
+        processes_per_gpu: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = threading.RLock()
@@ -118,7 +120,7 @@ class FakeNvml:
         self.calls: Counter[str] = Counter()
         if workloads:
             for g in self._gpus:
-                for p in demo_processes(g.index, seed):
+                for p in demo_processes(g.index, seed, processes_per_gpu):
                     self.start_process(g.index, p)
 
     # -- pynvml's constants and error classes, shared, not copied ---------------------------

@@ -3,8 +3,10 @@
 Eight GPUs, as on a p5.48xlarge scheduled by Kubernetes (systemd cgroup driver, containerd,
 cgroup v2): a training pod on GPUs 0-3, a fine-tuning pod on 4-5, an inference pod on 6 and
 someone's notebook on the host on 7; GPUs 0, 3 and 6 also carry a small profiler sidecar
-container of their pod. Nodes with more GPUs repeat the pattern. Pod UIDs and container ids
-derive from the node's seed, so a node keeps them across restarts and nodes differ.
+container of their pod. A pod's main container can run several worker processes per GPU
+(``workers``, as inference servers do). Nodes with more GPUs repeat the pattern. Pod UIDs
+and container ids derive from the node's seed, so a node keeps them across restarts and
+nodes differ.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Final
 from agent.sim.fake_usage import FakeProcess
 
 FAKE_PID_BASE: Final = 4_100_000  # above the usual pid range, so no real process has them
+PIDS_PER_GPU: Final = 64  # GPU i's processes are FAKE_PID_BASE + 64 i + k
+MAX_WORKERS: Final = PIDS_PER_GPU - 1  # one pid is the sidecar's
 GIB: Final = 1024**3
 # GPU (mod 8) -> the pod running there and its QoS class (guaranteed pods have no level)
 _PODS: Final = {
@@ -52,20 +56,22 @@ def pod_cgroup(seed: int | str, pod: str, qos: str, container: str) -> str:
     return f"0::/kubepods.slice/{qos_slice}/{scope}\n"
 
 
-def demo_processes(index: int, seed: int | str) -> list[FakeProcess]:
-    """The processes GPU ``index`` of the node seeded ``seed`` runs at start."""
-    pid = FAKE_PID_BASE + index * 8
+def demo_processes(index: int, seed: int | str, workers: int = 1) -> list[FakeProcess]:
+    """The processes GPU ``index`` of the node seeded ``seed`` runs at start: ``workers``
+    processes (1 to MAX_WORKERS) of the pod's main container, sharing its memory and load."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"workers per GPU: 1 to {MAX_WORKERS}, not {workers}")
+    pid = FAKE_PID_BASE + index * PIDS_PER_GPU
     memory = (40 + 3 * index) * GIB
     placed = _PODS.get(index % 8)
     if placed is None:
         return [FakeProcess(pid, memory, cgroup=_HOST_SESSION)]
     pod, qos = placed
     sidecar = index % 3 == 0
-    processes = [
-        FakeProcess(pid, memory, 0.97 if sidecar else 1.0, pod_cgroup(seed, pod, qos, "main"))
-    ]
+    main = pod_cgroup(seed, pod, qos, "main")
+    share = (0.97 if sidecar else 1.0) / workers
+    processes = [FakeProcess(pid + k, memory // workers, share, main) for k in range(workers)]
     if sidecar:
-        processes.append(
-            FakeProcess(pid + 1, 2 * GIB, 0.03, pod_cgroup(seed, pod, qos, "profiler"))
-        )
+        profiler = pod_cgroup(seed, pod, qos, "profiler")
+        processes.append(FakeProcess(pid + MAX_WORKERS, 2 * GIB, 0.03, profiler))
     return processes
