@@ -19,14 +19,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import psutil
 import structlog
 
 from agent.gpu_work import GpuWorkReader
 from agent.kmsg import pci_key
 from agent.nvml_health import GpuHealthReader
 from agent.nvml_pass import GpuIdentity, GpuLostError, NvmlErrors, NvmlPass, Slot, text
-from agent.proc_owners import ProcessTable, ProcSource
+from agent.proc_owners import ProcessTable, ProcSource, process_name
 from agent.sample import CollectError
 from gpuwarden_common.wire import Attribution, GpuState
 
@@ -100,13 +99,6 @@ def explain_init_failure(nvml: Any, exc: BaseException) -> str:
     return f"NVML failed to initialise ({detail}). {_SIM_HINT}"
 
 
-def _process_name(pid: int) -> str | None:
-    try:
-        return psutil.Process(pid).name()[:256] or None
-    except psutil.Error:
-        return None  # another PID namespace, or the process already ended
-
-
 class GpuCollector:
     """Polls every GPU through ``nvml`` (the ``pynvml`` module or a compatible fake).
 
@@ -121,7 +113,7 @@ class GpuCollector:
         nvml: Any,
         *,
         expected_gpus: int | None = None,
-        process_name: Callable[[int], str | None] = _process_name,
+        process_name: Callable[[int], str | None] = process_name,
         proc: ProcSource | None = None,
     ) -> None:
         self.nvml = nvml

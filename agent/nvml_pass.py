@@ -16,7 +16,7 @@ from agent.sample import CollectError
 
 _RECORD = object()  # NvmlPass.call's default for NotFound: a failure like any other
 # c_nvmlValue_t member per NVML_VALUE_TYPE_* (0..6)
-_VALUE_MEMBERS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
+VALUE_MEMBERS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,9 @@ def text(value: object) -> str:
 
 def union_value(value: Any, value_type: int) -> float | None:
     """The number in a ``c_nvmlValue_t`` union of type ``NVML_VALUE_TYPE_*``."""
-    if not 0 <= value_type < len(_VALUE_MEMBERS):
+    if not 0 <= value_type < len(VALUE_MEMBERS):
         return None
-    return float(getattr(value, _VALUE_MEMBERS[value_type]))
+    return float(getattr(value, VALUE_MEMBERS[value_type]))
 
 
 class NvmlErrors:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from agent.nvml_pass import union_value
+from agent.nvml_pass import VALUE_MEMBERS, union_value
 from gpuwarden_common.wire import UtilizationSource
 
 NVML_GPU_UTILIZATION_SAMPLES: Final = 1  # nvmlSamplingType_t, as in pynvml
@@ -70,15 +70,29 @@ class ProcessUse:
     memory_pct: float
 
 
+# pynvml's structures override attribute reads to turn bytes into str; samples hold no
+# strings, and with ~60 samples per GPU and buffer each interval that override was most of
+# the averaging's cost, so fields are read with the plain lookup
+_field = object.__getattribute__
+
+
 def mean_of_samples(value_type: int, samples: Sequence[Any]) -> SampleMean | None:
     """The plain mean of ``c_nvmlSample_t`` values: the driver samples at a fixed rate, so
-    each sample stands for the same length of time. None for no samples."""
-    values = [union_value(s.sampleValue, value_type) for s in samples]
-    known = [v for v in values if v is not None]
-    if not known:
+    each sample stands for the same length of time. None for no samples or a value type
+    this agent cannot read."""
+    if not samples or union_value(_field(samples[0], "sampleValue"), value_type) is None:
         return None
-    stamps = [int(s.timeStamp) for s in samples]
-    return SampleMean(sum(known) / len(known), min(stamps), max(stamps))
+    member = VALUE_MEMBERS[value_type]
+    total = 0.0
+    oldest = newest = int(_field(samples[0], "timeStamp"))
+    for s in samples:
+        total += getattr(_field(s, "sampleValue"), member)
+        stamp = _field(s, "timeStamp")
+        if stamp < oldest:
+            oldest = stamp
+        elif stamp > newest:
+            newest = stamp
+    return SampleMean(total / len(samples), int(oldest), int(newest))
 
 
 def process_uses(samples: Sequence[Any]) -> tuple[dict[int, ProcessUse], int]:

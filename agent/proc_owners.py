@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import psutil
 import structlog
 
 from agent.attribution import UNKNOWN, Workload, parse_cgroup
@@ -63,6 +64,14 @@ class ProcDir:
             return os.readlink(self.root / "self" / "ns" / "pid")
         except OSError:
             return None
+
+
+def process_name(pid: int) -> str | None:
+    """The process's name as psutil reads it (the comm, or argv[0] where comm is cut)."""
+    try:
+        return psutil.Process(pid).name()[:256] or None
+    except psutil.Error:
+        return None  # another PID namespace, or the process already ended
 
 
 @dataclass(frozen=True, slots=True)
