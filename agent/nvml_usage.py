@@ -15,6 +15,8 @@ read instead and the state says so (``utilization_source``).
 
 from __future__ import annotations
 
+import ctypes
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -70,9 +72,12 @@ class ProcessUse:
     memory_pct: float
 
 
+# struct formats of (timeStamp, sampleValue) per NVML_VALUE_TYPE_*, each padded to the
+# 16 bytes of a c_nvmlSample_t (an unsigned long long and an 8-byte union; c_ulong is 8
+# bytes on the 64-bit Linux the agent runs on)
+_SAMPLE_FORMATS = ("=Qd", "=QI4x", "=QQ", "=QQ", "=Qq", "=Qi4x", "=QH6x")
 # pynvml's structures override attribute reads to turn bytes into str; samples hold no
-# strings, and with ~60 samples per GPU and buffer each interval that override was most of
-# the averaging's cost, so fields are read with the plain lookup
+# strings, so the slow path reads their fields with the plain lookup
 _field = object.__getattribute__
 
 
@@ -82,17 +87,36 @@ def mean_of_samples(value_type: int, samples: Sequence[Any]) -> SampleMean | Non
     this agent cannot read."""
     if not samples or union_value(_field(samples[0], "sampleValue"), value_type) is None:
         return None
-    member = VALUE_MEMBERS[value_type]
-    total = 0.0
-    oldest = newest = int(_field(samples[0], "timeStamp"))
-    for s in samples:
-        total += getattr(_field(s, "sampleValue"), member)
-        stamp = _field(s, "timeStamp")
-        if stamp < oldest:
-            oldest = stamp
-        elif stamp > newest:
-            newest = stamp
-    return SampleMean(total / len(samples), int(oldest), int(newest))
+    pairs = _unpacked(value_type, samples)
+    if pairs is None:
+        member = VALUE_MEMBERS[value_type]
+        pairs = [
+            (_field(s, "timeStamp"), getattr(_field(s, "sampleValue"), member)) for s in samples
+        ]
+    stamps, values = zip(*pairs, strict=True)
+    return SampleMean(sum(values) / len(values), int(min(stamps)), int(max(stamps)))
+
+
+def _unpacked(value_type: int, samples: Sequence[Any]) -> list[tuple[int, float]] | None:
+    """(stamp, value) of every sample in one read of their memory, when they lie in one
+    array as the binding returns them (its list is slices of one ctypes array); None when
+    they do not, or are not that structure.
+
+    ~60 samples per GPU and buffer every interval, read field by field, cost about half a
+    millisecond per 8-GPU pass; unpacked at once, a tenth of that.
+    """
+    first = samples[0]
+    layout = type(first)
+    try:
+        size = ctypes.sizeof(first)
+        start, end = ctypes.addressof(first), ctypes.addressof(samples[-1])
+        offsets = (layout.timeStamp.offset, layout.sampleValue.offset)
+    except (TypeError, AttributeError):
+        return None
+    fmt = struct.Struct(_SAMPLE_FORMATS[value_type])
+    if size != fmt.size or offsets != (0, 8) or end - start != (len(samples) - 1) * size:
+        return None
+    return list(fmt.iter_unpack(ctypes.string_at(start, len(samples) * size)))
 
 
 def process_uses(samples: Sequence[Any]) -> tuple[dict[int, ProcessUse], int]:

@@ -10,6 +10,7 @@ import pynvml
 import pytest
 
 from agent.nvml_collector import GpuCollector
+from agent.nvml_usage import SampleMean, mean_of_samples
 from agent.sim.fake_pynvml import FakeHandle, FakeNvml
 from agent.sim.fake_usage import SAMPLE_PERIOD_US, FakeProcess
 from gpuwarden_common.wire import GpuState, UtilizationSource
@@ -219,3 +220,35 @@ def test_with_no_sample_since_the_previous_read_per_process_figures_are_unknown_
 
     assert gpu.utilization_source == UtilizationSource.INSTANT
     assert gpu.owners[0].sm_util_pct is None
+
+
+# -- reading a sample buffer ----------------------------------------------------------------
+
+
+def _buffer(values: list[int]) -> pynvml.c_nvmlSample_t:
+    array = (pynvml.c_nvmlSample_t * len(values))()
+    for i, (sample, value) in enumerate(zip(array, values, strict=True)):
+        sample.timeStamp = 1_000_000 + i * SAMPLE_PERIOD_US
+        sample.sampleValue.uiVal = value
+    return array
+
+
+def test_a_buffer_as_the_binding_returns_it_is_averaged_with_its_time_span() -> None:
+    samples = _buffer([10, 20, 30, 40])[0:4]  # pynvml slices its array into a list
+
+    mean = mean_of_samples(pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, samples)
+
+    assert mean == SampleMean(25.0, 1_000_000, 1_000_000 + 3 * SAMPLE_PERIOD_US)
+
+
+def test_samples_that_do_not_share_one_array_are_averaged_alike() -> None:
+    loose = [_buffer([v])[0] for v in (10, 20, 30, 40)]
+    loose[0].timeStamp = 1_000_000 + 9 * SAMPLE_PERIOD_US  # and out of time order
+
+    mean = mean_of_samples(pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, loose)
+
+    assert mean == SampleMean(25.0, 1_000_000, 1_000_000 + 9 * SAMPLE_PERIOD_US)
+
+
+def test_samples_of_a_value_type_nvml_does_not_define_are_not_averaged() -> None:
+    assert mean_of_samples(99, _buffer([10])[0:1]) is None
