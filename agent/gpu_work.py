@@ -50,8 +50,9 @@ class GpuWorkReader:
         listed = self._listed(read)
         uses = self._usage.processes(read) if listed else None
         if isinstance(uses, NoSamples):
-            # no process in NVML's list: idle since the previous read if the GPU's own
-            # samples covered that time, else the reads were too close to tell
+            # NVML has no per-process entry since the previous read: every process was idle
+            # if the GPU's own samples covered that time, else the reads were too close
+            # together to tell
             covered = utilization.source is UtilizationSource.SAMPLES
             uses = {} if covered else None
         processes: list[GpuProcess] = []

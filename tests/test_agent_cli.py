@@ -37,6 +37,8 @@ def test_once_prints_a_state_message_that_the_coordinator_accepts() -> None:
     msg = decode(node_topic("c1", "n1", Kind.STATE), done.stdout.strip())
     assert isinstance(msg, StateMessage)
     assert len(msg.gpus) == 8 and msg.health.value == "healthy"
+    # the simulated node's pods, attributed through its simulated /proc
+    assert msg.attribution == "cgroup" and all(g.owners for g in msg.gpus)
 
 
 def test_a_bad_broker_url_is_refused_with_an_example() -> None:
