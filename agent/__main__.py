@@ -23,6 +23,7 @@ from agent.settings import AgentSettings, parse_settings
 from agent.spool import DirectorySpool, MemorySpool, Spool
 from agent.xid_table import XidTableError
 from gpuwarden_common import sdnotify
+from gpuwarden_common.aio import wait_event
 from gpuwarden_common.daemon import StartupError, run_daemon, stop_on_signals
 from gpuwarden_common.http import serve
 from gpuwarden_common.wire import StateMessage, encode, to_builtins
@@ -177,14 +178,15 @@ async def serve_agent(agent: Agent, stop: asyncio.Event, *, say_goodbye: bool = 
             await stop.wait()
             sdnotify.stopping()
             if say_goodbye:
-                # let spooled events drain briefly, say offline, then stop
-                try:
-                    async with asyncio.timeout(SHUTDOWN_DEADLINE_S):
-                        if publisher.connected and publisher.spool_depth() > 0:
-                            await publisher.wait_drained()
-                        await publisher.say_offline()
-                except TimeoutError:
-                    log.warning("shutdown deadline passed", spooled=publisher.spool_depth())
+                # give the coordinator a moment to acknowledge what is spooled (a disk spool
+                # keeps the rest for the next start), then always say offline
+                if publisher.connected and publisher.spool_depth() > 0:
+                    drained = await wait_event(publisher.drained, SHUTDOWN_DEADLINE_S / 2)
+                    if not drained:
+                        log.warning("stopping with events not yet acknowledged",
+                                    spooled=publisher.spool_depth(),
+                                    kept=settings.spool_dir is not None)  # fmt: skip
+                await publisher.say_offline()
             pub_task.cancel()
             watchdog.cancel()
     finally:

@@ -22,7 +22,7 @@ import aiomqtt
 import structlog
 
 from agent.spool import Spool
-from gpuwarden_common.aio import raise_if_cancelled, wait_event
+from gpuwarden_common.aio import raise_if_cancelled, run_together, wait_event
 from gpuwarden_common.backoff import backoff_delay
 from gpuwarden_common.broker import BrokerSettings
 from gpuwarden_common.wire import (
@@ -185,13 +185,13 @@ class Publisher:
                     # whatever this connection sends, it sends again: the last one's may be lost
                     self._sent_at.clear()
                     await self._serve(client)
-            except* aiomqtt.MqttError as group:
+            except aiomqtt.MqttError as exc:
                 self._set_connected(False)
                 if not outage_logged:
                     log.warning(
                         "broker unreachable; events spool until it is back",
                         broker=self._broker.display,
-                        error=str(group.exceptions[0]),
+                        error=str(exc),
                         spooled=len(self._spool),
                     )
                     outage_logged = True
@@ -200,9 +200,7 @@ class Publisher:
                 self._client = None
 
     async def _serve(self, client: aiomqtt.Client) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._receive_acks(client), name="publisher-acks")
-            tg.create_task(self._send(client), name="publisher-send")
+        await run_together(self._receive_acks(client), self._send(client))
 
     async def _send(self, client: aiomqtt.Client) -> None:
         while True:
@@ -277,6 +275,11 @@ class Publisher:
             live = set(self._spool.pending())
             self._key_of = {e: k for e, k in self._key_of.items() if k in live}
         self._wake.set()
+
+    @property
+    def drained(self) -> asyncio.Event:
+        """Set while the coordinator has acknowledged every spooled event."""
+        return self._drained
 
     async def wait_drained(self) -> None:
         """Until the coordinator has acknowledged every spooled event (bound it with a

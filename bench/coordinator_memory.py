@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import psutil
 
-import coordinator.kube  # noqa: F401 - loaded in production on Kubernetes; its RSS counts
+import coordinator.backends.kubernetes.actuator  # noqa: F401 - loaded in production on Kubernetes; its RSS counts
 from bench._common import (
     CLUSTER,
     EVENT_EVERY,
@@ -51,8 +51,8 @@ from bench._common import (
     quiet_product_logs,
 )
 from coordinator.audit import AuditLog
+from coordinator.backends.local.actuator import LocalActuator
 from coordinator.daemon import Coordinator
-from coordinator.local_actuator import LocalActuator
 from coordinator.settings import parse_settings
 
 TARGET_RSS_MIB = 300.0

@@ -1,24 +1,27 @@
-"""One full governance decision over 10,000 tasks on 2,000 nodes (16,000 GPUs).
+"""One full governance decision over 10,000 tasks: the benchmark's cluster, adversarial
+layouts, and the benchmark's cluster at 10 times the size.
 
-The cluster is full: teams 1-3 run on GPUs borrowed from team 0, whose waiting tasks now
-reclaim them, and teams at their quota have higher-priority work waiting, so one round
-admits, reclaims and preempts for priority. Prints p50/p99 of
-``decide()`` over repeated runs (target: p99 under 50 ms), with capacity per node (placement
-checked) and as a plain count.
+The benign cluster (2,000 nodes, 16,000 GPUs) is full: teams 1-3 run on GPUs borrowed from
+team 0, whose waiting tasks now reclaim them, and teams at their quota have higher-priority
+work waiting, so one round admits, reclaims and preempts for priority. The adversarial
+layouts (bench/governance_layouts.py) make the victim search work hard: room scattered over
+every node, whole-node reclaims nothing can serve, gangs of one and several pod sizes,
+victims on several nodes, 100 priority classes. Targets: p99 under 50 ms, every layout
+within 3x of the benign one, and the benign one at 10x (100,000 tasks on 20,000 nodes) at
+most 12x the time of 1x.
 
-Each series runs a few untimed rounds first and then ``gc.collect()``, so no timed round
-pays for collecting the garbage of building the state. Collections the rounds cause
-themselves stay in the figures (they are part of what a decision costs) and are counted in
-the output. On a small shared VM, p99 also shows other processes: compare figures taken on
-the same machine, interleaved.
-Usage: ``python bench/governance_decision.py [--runs N] [--warmup N] [--seed N]``.
+Figures are taken in cycles, every layout measured once per cycle, so a machine that gets
+busier or quieter meanwhile shifts them all alike: ratios taken in one run are portable,
+absolute figures are this machine's. Each block runs untimed rounds first and then
+``gc.collect()``; collections the rounds cause stay in the figures (part of what a decision
+costs) and are counted.
+Usage: ``python bench/governance_decision.py [--runs N] [--cycles N] [--seed N] [--no-scale]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import random
 import statistics
 import sys
 import time
@@ -27,107 +30,33 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coordinator.governance import (
-    Capacity,
-    FreeGpus,
-    GovernanceState,
-    Policy,
-    Task,
-    TaskState,
-    decide,
-)
-from coordinator.governance.policy import policy_from_mapping
-
-NODES = 2000
-GPUS_PER_NODE = 8
-TASKS = 10_000
-TEAMS = 8
-CLASSES = {"inference": 100, "experiment": 80, "training": 70, "fine-tuning": 60, "batch": 40}
-NOW = 1_000_000.0
-
-
-def build_policy() -> Policy:
-    quota = NODES * GPUS_PER_NODE // TEAMS
-    return policy_from_mapping(
-        {
-            "admission": "task-ranking",
-            "idleCompute": "fair-share",
-            "priorityClasses": [{"name": n, "weight": w} for n, w in CLASSES.items()],
-            "teams": [
-                {
-                    "name": f"team-{i}",
-                    "namespace": f"team-{i}",
-                    "quota": {"gpus": quota},
-                    "lending": "lend-and-borrow" if i % 4 else "lend",
-                    "borrowLimitPercent": 100,
-                    "fairShareWeight": 10 + 10 * i,
-                    "preemptLowerPriority": i % 2 == 0,
-                }
-                for i in range(TEAMS)
-            ],
-        }
-    )
-
-
-# GPUs each team holds before the round: team 0 lends most of its quota to teams 1-3,
-# teams 4-7 sit at their quota.
-HELD = {0: 500, 1: 2500, 2: 2500, 3: 2500, 4: 2000, 5: 2000, 6: 2000, 7: 2000}
-
-
-def build_state(seed: int) -> GovernanceState:
-    """A full cluster: teams 1-3 borrow from team 0, whose waiting tasks now reclaim; teams
-    4-7 are at quota with higher-priority work waiting (4 and 6 preempt lower priority)."""
-    rng = random.Random(seed)
-    nodes = {f"node-{i:04d}": GPUS_PER_NODE for i in range(NODES)}
-    state = GovernanceState(Capacity.of_nodes(nodes))
-    free = FreeGpus(nodes)
-    held = dict.fromkeys(HELD, 0)
-    for index in range(TASKS):
-        team = index % TEAMS
-        size = rng.choice([1, 1, 1, 2])
-        per_pod = rng.choice([1, 1, 2, 2, 4, 8])
-        task = Task(
-            f"team-{team}",
-            f"task-{index:05d}",
-            (per_pod,) * size,
-            queued_at=rng.uniform(0, NOW),
-            priority_class=rng.choice(list(CLASSES)),
-            size=size,
-        )
-        task.times_preempted = rng.choice([0, 0, 0, 1, 2])
-        if held[team] + task.gpus <= HELD[team]:
-            placement = free.place(task.pod_gpus)
-            if placement is not None:
-                held[team] += task.gpus
-                task.state = TaskState.RUNNING
-                task.placement = placement
-                task.admitted_at = rng.uniform(task.queued_at, NOW)
-                task.started_at = task.admitted_at
-                if rng.random() < 0.7:
-                    task.last_checkpoint = rng.uniform(task.started_at, NOW)
-        state.add(task)
-    return state
+from bench.governance_layouts import ADVERSARIAL, NOW, Layout, benign
+from coordinator.governance import Capacity, GovernanceState, decide
 
 
 @dataclass
 class Series:
-    """One series of timed rounds."""
+    """One layout's timed rounds over every cycle."""
 
+    what: str = ""
+    tasks: int = 0
     wall_ms: list[float] = field(default_factory=list)
-    """What the target is about: elapsed time per round."""
     cpu_ms: list[float] = field(default_factory=list)
-    """This process's CPU time per round: the round's own cost, without the time other
-    processes had the CPU (the gap between the two is the machine's noise)."""
     collections: list[int] = field(default_factory=lambda: [0, 0, 0])
-    """Garbage collections per generation (young, middle, full) during the timed rounds."""
+    outcome: str = ""
 
 
-def measure(state: GovernanceState, policy: Policy, runs: int, warmup: int) -> Series:
+def measure(layout: Layout, runs: int, warmup: int, series: Series) -> None:
     """``runs`` timed rounds after ``warmup`` untimed ones and a full collection."""
     for _ in range(warmup):
-        decide(state, policy, NOW)
+        decisions = decide(layout.state, layout.policy, NOW)
     gc.collect()
-    series = Series()
+    series.what, series.tasks = layout.what, len(layout.state.tasks)
+    series.outcome = (
+        f"{len(decisions.admit)} admitted, {len(decisions.preempt)} preempted"
+        if warmup
+        else series.outcome
+    )
 
     def count(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -137,12 +66,11 @@ def measure(state: GovernanceState, policy: Policy, runs: int, warmup: int) -> S
     try:
         for _ in range(runs):
             wall, cpu = time.perf_counter(), time.process_time()
-            decide(state, policy, NOW)
+            decide(layout.state, layout.policy, NOW)
             series.cpu_ms.append((time.process_time() - cpu) * 1000)
             series.wall_ms.append((time.perf_counter() - wall) * 1000)
     finally:
         gc.callbacks.remove(count)
-    return series
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -155,44 +83,79 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
 
 
+def as_count(layout: Layout) -> Layout:
+    healthy = layout.nodes * 8
+    state = GovernanceState(Capacity.of_count(healthy), layout.state.tasks)
+    return Layout(
+        "benign, as a count",
+        "the benign cluster, capacity as a plain count",
+        layout.policy,
+        state,
+        layout.nodes,
+    )
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=100, help="timed rounds per layout")
+    parser.add_argument("--cycles", type=int, default=4, help="the runs are split in cycles")
+    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-scale", action="store_true", help="skip the 10x cluster")
     args = parser.parse_args()
-    policy = build_policy()
-    state = build_state(args.seed)
-    holding = sum(1 for t in state.tasks.values() if t.state.holding)
-    used = sum(t.gpus for t in state.tasks.values() if t.state.holding)
-    print(
-        f"{len(state.tasks)} tasks ({holding} holding {used} GPUs, "
-        f"{len(state.tasks) - holding} waiting) on {NODES} nodes x {GPUS_PER_NODE} GPUs"
-    )
-    sample = decide(state, policy, NOW)
-    borrowed = sum(1 for a in sample.admit if a.borrowed)
-    print(
-        f"one round: {len(sample.admit)} admitted ({borrowed} borrowing), "
-        f"{len(sample.preempt)} preempted, {len(sample.waiting)} waiting with a reason"
-    )
-    for label, chosen in (
-        ("capacity per node", state),
-        (
-            "capacity as a count",
-            GovernanceState(Capacity.of_count(NODES * GPUS_PER_NODE), state.tasks),
-        ),
-    ):
-        print(f"{label}: {args.runs} runs ...", flush=True)
-        series = measure(chosen, policy, args.runs, args.warmup)
-        wall, cpu, collections = series.wall_ms, series.cpu_ms, series.collections
+    builders = [benign, *ADVERSARIAL]
+    series: dict[str, Series] = {}
+    per_cycle = max(1, args.runs // args.cycles)
+    print(f"{len(builders) + 1} layouts, {per_cycle} rounds each per cycle, {args.cycles} cycles")
+    for cycle in range(args.cycles):
+        print(f"  cycle {cycle + 1}:", end="", flush=True)
+        for build in builders:
+            layout = build(args.seed)
+            for chosen in [layout, as_count(layout)] if build is benign else [layout]:
+                measure(chosen, per_cycle, args.warmup, series.setdefault(chosen.name, Series()))
+                print(f" {chosen.name}", end="", flush=True)
+            del layout
+            gc.collect()
+        print()
+    base = series["benign"]
+    base50, base99 = percentile(base.wall_ms, 0.5), percentile(base.wall_ms, 0.99)
+    heads = ("layout", "tasks", "p50 ms", "p99 ms", "p50 x", "p99 x")
+    print("\n{:20} {:>7} {:>8} {:>8} {:>6} {:>6}  gc y/m/f  one round".format(*heads))
+    for name, s in series.items():
+        p50, p99 = percentile(s.wall_ms, 0.5), percentile(s.wall_ms, 0.99)
         print(
-            f"  decide(): p50 {percentile(wall, 0.50):.1f} ms, "
-            f"p99 {percentile(wall, 0.99):.1f} ms, "
-            f"mean {statistics.fmean(wall):.1f} ms (target: p99 < 50 ms)\n"
-            f"  cpu time: p50 {percentile(cpu, 0.50):.1f} ms, p99 {percentile(cpu, 0.99):.1f} ms; "
-            f"gc in the runs: {collections[0]} young, {collections[1]} middle, "
-            f"{collections[2]} full"
+            f"{name:20} {s.tasks:>7} {p50:8.1f} {p99:8.1f} {p50 / base50:6.2f} {p99 / base99:6.2f}"
+            f"  {'/'.join(map(str, s.collections)):8}  {s.outcome}"
         )
+    worst = max(
+        (percentile(s.wall_ms, 0.99) / percentile(base.wall_ms, 0.99), name)
+        for name, s in series.items()
+    )
+    print(
+        f"\nbenign: p50 {percentile(base.wall_ms, 0.5):.1f} ms, p99 "
+        f"{percentile(base.wall_ms, 0.99):.1f} ms, cpu p50 {percentile(base.cpu_ms, 0.5):.1f} ms "
+        f"(target p99 < 50 ms); the slowest layout at p99: {worst[1]}, {worst[0]:.2f}x the "
+        f"benign one (target: 3x)"
+    )
+    if not args.no_scale:
+        scaled(args, base)
+
+
+def scaled(args: argparse.Namespace, base: Series) -> None:
+    """The benign cluster at 10x, against 1x, interleaved (a few rounds: each is seconds)."""
+    small, big = Series(), Series()
+    one, ten = benign(args.seed), benign(args.seed, scale=10)
+    print(f"\n10x: {len(ten.state.tasks):,} tasks on {ten.nodes:,} nodes, 1x and 10x alternately")
+    for _ in range(3):
+        measure(one, 10, 1, small)
+        measure(ten, 2, 1, big)
+    ratio = statistics.median(big.wall_ms) / statistics.median(small.wall_ms)
+    cpu = statistics.median(big.cpu_ms) / statistics.median(small.cpu_ms)
+    print(
+        f"  1x: median {statistics.median(small.wall_ms):.1f} ms; 10x: median "
+        f"{statistics.median(big.wall_ms):.0f} ms, min {min(big.wall_ms):.0f} ms; "
+        f"{ratio:.1f}x the time for 10x the work (cpu {cpu:.1f}x; target: at most 12x)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,16 +1,22 @@
 """A simulated week of a 512-GPU cluster (64 nodes x 8 GPUs), four teams, node faults.
 
-Runs the same workload (same seed) under four policies and prints one table:
+Runs the same workload (same seed) under five policies and prints one table:
 
-- governed:  lending and borrowing, fair-share, checkpoint-aware victim choice;
-- kueue-order: the same, but victims chosen in Kueue's order (priority, then most
+- governed:  lending and borrowing, fair-share, checkpoint-aware victim choice, and capacity
+  held for a task that waited past reservation.afterWaitSeconds (the default, 1 h);
+- best-effort: governed without that reservation (a task that does not fit is skipped and
+  smaller ones behind it go, however long it waits: Kueue's BestEffortFIFO);
+- kueue-order: governed, but victims chosen in Kueue's order (priority, then most
   recently admitted) instead of by least work lost;
 - fcfs-idle: governed, but idle GPUs handed out first-come-first-serve;
 - static:    every team confined to its quota (no lending, no borrowing).
 
 Figures: GPU utilization (running GPU-time over healthy GPU-time) and goodput (less the work
 thrown away), mean and p95 wait (arrival to first start) per priority class, GPU-hours lost
-to faults and to preemption, averaged over a few seeds.
+to faults and to preemption, and for gangs (tasks of more than one pod) that fit their
+team's quota the worst wait, and the worst time spent as the next task of its team's queue
+(what a reservation bounds: the wait behind tasks of higher standing is the queue's, not
+starvation), averaged over a few seeds.
 Usage: ``python bench/governance_trace.py [--seeds N] [--days D]``.
 """
 
@@ -33,7 +39,9 @@ from coordinator.governance.policy import (
     VictimOrder,
     parse_policy,
 )
+from coordinator.governance.ranking import Priorities, sort_queue
 from coordinator.governance.simcluster import ClassStats, SimCluster, SimReport
+from coordinator.governance.tasks import GovernanceState, Task
 from coordinator.governance.workload import Workload, parse_workload
 
 POLICY = """
@@ -87,13 +95,35 @@ streams:
 """
 
 
+STARVING_POLICY = """
+priorityClasses: [{name: training, weight: 70}]
+teams: [{name: lab, namespace: lab, quota: {gpus: 64}}]
+"""
+
+
+def starving_text(days: float, seed: int) -> str:
+    """The issue's case: 64 GPUs kept busy by a stream of 1-GPU tasks, and every 4 hours a
+    gang of two whole nodes of the same team and class."""
+    return f"""
+seed: {seed}
+cluster: {{nodes: 8, gpusPerNode: 8}}
+streams:
+  - {{team: lab, priorityClass: training, every: 60s, until: {days}d, gpus: [1],
+     duration: [30m, 2h]}}
+  - {{team: lab, priorityClass: training, every: 4h, until: {days}d, gpus: [8], size: [2],
+     duration: [2h, 4h]}}
+"""
+
+
 def variants(base: Policy) -> dict[str, Policy]:
     static_teams = tuple(
         team.model_copy(update={"lending": Lending.DONT_LEND}) for team in base.teams
     )
     kueue = base.preemption.model_copy(update={"victim_order": VictimOrder.PRIORITY_THEN_RECENT})
+    best_effort = base.reservation.model_copy(update={"after_wait_seconds": None})
     return {
         "governed": base,
+        "best-effort": base.model_copy(update={"reservation": best_effort}),
         "kueue-order": base.model_copy(update={"preemption": kueue}),
         "fcfs-idle": base.model_copy(
             update={"idle_compute": IdleComputeAllocation.FIRST_COME_FIRST_SERVE}
@@ -102,10 +132,58 @@ def variants(base: Policy) -> dict[str, Policy]:
     }
 
 
-def simulate(policy: Policy, workload: Workload, horizon_s: float) -> SimReport:
-    sim = SimCluster(policy, workload)
+class HeadWatch:
+    """How long each gang that fits its team's quota spends as the next task of its team's
+    queue (first in the team's admission order, out of backoff, all pods known)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self._priorities = Priorities(policy)
+        self._quota = {team.namespace: team.quota.gpus for team in policy.teams}
+        self._heads: set[str] = set()
+        self._since = 0.0
+        self.at_head_s: dict[str, float] = {}
+
+    def round(self, state: GovernanceState, now: float) -> None:
+        for key in self._heads:
+            task = state.tasks.get(key)
+            if task is not None and task.state.waiting:
+                self.at_head_s[key] = self.at_head_s.get(key, 0.0) + now - self._since
+        queue = [
+            task
+            for task in state.tasks.values()
+            if task.state.waiting
+            and task.complete
+            and task.namespace in self._quota
+            and (task.backoff_until is None or task.backoff_until <= now)
+        ]
+        sort_queue(queue, self._policy.admission, self._priorities)
+        heads: dict[str, Task] = {}
+        for task in queue:
+            heads.setdefault(task.namespace, task)
+        self._heads = {
+            task.key
+            for task in heads.values()
+            if task.size > 1 and task.gpus <= self._quota[task.namespace]
+        }
+        self._since = now
+
+    def worst_s(self) -> float:
+        return max(self.at_head_s.values(), default=0.0)
+
+
+@dataclass
+class Run:
+    report: SimReport
+    worst_head_wait_s: float
+
+
+def simulate(policy: Policy, workload: Workload, horizon_s: float) -> Run:
+    watch = HeadWatch(policy)
+    sim = SimCluster(policy, workload, on_round=watch.round)
     sim.run_until(horizon_s)
-    return sim.report()
+    watch.round(sim.state, sim.now)  # the heads still waiting at the end
+    return Run(sim.report(), watch.worst_s())
 
 
 @dataclass
@@ -113,6 +191,7 @@ class Figures:
     """One variant's figures, averaged over the seeds."""
 
     runs: list[SimReport] = field(default_factory=list)
+    head_waits: list[float] = field(default_factory=list)
 
     def mean(self, value: Callable[[SimReport], float]) -> float:
         return statistics.fmean(value(report) for report in self.runs)
@@ -141,6 +220,8 @@ def print_table(figures: dict[str, Figures]) -> None:
         row("fault requeues", lambda f: f"{f.mean(lambda r: r.fault_requeues):.0f}"),
         row("GPU-h lost to faults", lambda f: hours(f.mean(lambda r: r.lost_fault_gpu_s))),
         row("GPU-h lost to preemption", lambda f: hours(f.mean(lambda r: r.lost_preempt_gpu_s))),
+        row("gangs: worst wait h", lambda f: hours(f.mean(lambda r: r.worst_gang_wait_s))),
+        row("gangs: worst wait as next of team h", lambda f: hours(statistics.fmean(f.head_waits))),
     ]
     classes = sorted({c.priority_class for f in columns for r in f.runs for c in r.classes})
     for name in classes:
@@ -175,6 +256,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="runs per variant (seeds 1..N)")
     parser.add_argument("--days", type=float, default=7.0)
+    parser.add_argument(
+        "--starving-days", type=float, default=2.0, help="days of the starving-gangs case"
+    )
     args = parser.parse_args()
     base = parse_policy(POLICY, "bench policy")
     loads = [
@@ -192,7 +276,9 @@ def main() -> None:
         figures[name] = Figures()
         for load in loads:
             begun = time.perf_counter()
-            figures[name].runs.append(simulate(policy, load, args.days * 86400))
+            run = simulate(policy, load, args.days * 86400)
+            figures[name].runs.append(run.report)
+            figures[name].head_waits.append(run.worst_head_wait_s)
             print(f" {time.perf_counter() - begun:.1f}s", end="", flush=True)
         print()
     print(f"all runs: {time.perf_counter() - started:.1f} s\n")
@@ -206,10 +292,48 @@ def main() -> None:
         )
     governed = figures["governed"].mean(lambda r: r.utilization)
     static = figures["static"].mean(lambda r: r.utilization)
+    best = figures["best-effort"].mean(lambda r: r.utilization)
     print(
         f"lending and borrowing: {100 * governed:.1f}% GPU utilization against "
         f"{100 * static:.1f}% with static quotas"
     )
+    limit = (base.reservation.after_wait_seconds or 0.0) / 3600
+    head = {name: max(figures[name].head_waits) / 3600 for name in ("governed", "best-effort")}
+    worst = {
+        name: figures[name].mean(lambda r: r.worst_gang_wait_s) / 3600
+        for name in ("governed", "best-effort")
+    }
+    print(
+        f"bounded wait (capacity held after {limit:g} h): a gang waited at most "
+        f"{head['governed']:.1f} h as the next task of its team ({head['best-effort']:.1f} h "
+        f"best effort), {worst['governed']:.1f} h in all ({worst['best-effort']:.1f} h); "
+        f"utilization {100 * governed:.1f}% against {100 * best:.1f}% best effort"
+    )
+    starving(args.starving_days, args.seeds)
+
+
+def starving(days: float, seeds: int) -> None:
+    """The second table: whole-node gangs behind a stream of 1-GPU tasks (one figure per
+    seed)."""
+    base = parse_policy(STARVING_POLICY, "starving policy")
+    best = base.reservation.model_copy(update={"after_wait_seconds": None})
+    policies = {"governed": base, "best-effort": base.model_copy(update={"reservation": best})}
+    loads = [parse_workload(starving_text(days, seed), "starving") for seed in range(1, seeds + 1)]
+    print(
+        f"\nstarving gangs: {days:g} simulated days of 8 nodes x 8 GPUs, a 1-GPU task a minute "
+        f"and a 2-node gang every 4 h, one team, {seeds} seed(s)"
+    )
+    runs = {
+        name: [simulate(p, load, days * 86400) for load in loads] for name, p in policies.items()
+    }
+    print(f"{'':38}  " + "  ".join(f"{name:>20}" for name in runs))
+    for label, value in (
+        ("GPU utilization %", lambda r: f"{100 * r.report.utilization:.1f}"),
+        ("gangs: worst wait h", lambda r: hours(r.report.worst_gang_wait_s)),
+        ("gangs: worst wait as next of team h", lambda r: hours(r.worst_head_wait_s)),
+    ):
+        cells = [" / ".join(value(r) for r in group) for group in runs.values()]
+        print(f"{label:38}  " + "  ".join(f"{cell:>20}" for cell in cells))
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry
 from coordinator.actuators import Actuator
 from coordinator.api import build_app
 from coordinator.audit import AuditEntry, AuditKind, AuditLog
+from coordinator.backends.local.actuator import LocalActuator
 from coordinator.daemon import Coordinator, Leadership
 from coordinator.embedded_broker import EmbeddedBroker
 from coordinator.governance.policy import Policy, PolicyError
-from coordinator.local_actuator import LocalActuator
 from coordinator.pki import CertificateAuthority
 from coordinator.policy_watch import PolicyFile, PolicyWatch, one_line
 from coordinator.settings import CoordinatorSettings, parse_settings
@@ -37,7 +37,7 @@ from gpuwarden_common.daemon import StartupError, run_daemon, stop_on_signals
 from gpuwarden_common.http import serve
 
 if TYPE_CHECKING:
-    from coordinator.kube_governor import KubeGovernor
+    from coordinator.backends.kubernetes.governor import KubeGovernor
 
 log = structlog.get_logger("coordinator")
 
@@ -53,14 +53,9 @@ def static_dir() -> str | None:
 def _kube_parts(settings: CoordinatorSettings) -> tuple[Actuator, Any, Any]:
     """The node actuator, the leader elector and their API client (for task governance)."""
     # imported here: only the Kubernetes path needs the client
-    from coordinator.kube import (  # noqa: PLC0415
-        KubeActuator,
-        KubeConfigError,
-        LeaderElector,
-        LeaseSettings,
-        kube_client_from,
-        leader_identity,
-    )
+    from coordinator.backends.kubernetes.actuator import KubeActuator  # noqa: PLC0415
+    from coordinator.backends.kubernetes.client import KubeConfigError, kube_client_from  # noqa: PLC0415
+    from coordinator.backends.kubernetes.leader import LeaderElector, LeaseSettings, leader_identity  # noqa: PLC0415
 
     try:
         client = kube_client_from(settings.kube)
@@ -72,6 +67,18 @@ def _kube_parts(settings: CoordinatorSettings) -> tuple[Actuator, Any, Any]:
         LeaseSettings(name=settings.lease_name, namespace=settings.lease_namespace),
     )
     return actuator, elector, client
+
+
+def _slurm_parts(settings: CoordinatorSettings, audit: AuditLog) -> tuple[Actuator, TaskGovernance]:
+    """The Slurm actuator, and the requeue of jobs on nodes taken out (Slurm's own
+    scheduler does the rest of governance)."""
+    from coordinator.backends import slurm  # noqa: PLC0415 - only the Slurm path needs it
+
+    try:
+        return slurm.build(settings.slurm, audit, actor=settings.identity,
+                           dry_run=settings.dry_run)  # fmt: skip
+    except slurm.SlurmSetupError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def _policy_file(settings: CoordinatorSettings) -> PolicyFile | None:
@@ -92,8 +99,8 @@ def _kube_governor(
     registry: CollectorRegistry,
 ) -> KubeGovernor:
     # imported here: only the Kubernetes path needs the client
-    from coordinator.kube import KubePods  # noqa: PLC0415
-    from coordinator.kube_governor import GovernorSettings, KubeGovernor  # noqa: PLC0415
+    from coordinator.backends.kubernetes.governor import GovernorSettings, KubeGovernor  # noqa: PLC0415
+    from coordinator.backends.kubernetes.pod_api import KubePods  # noqa: PLC0415
 
     pods = KubePods(client)  # the client is shared; the actuator closes it
     return KubeGovernor(
@@ -112,7 +119,7 @@ def _identity_tasks(
     """On Kubernetes with a CA: sign agents' certificates while leading, and keep the
     webhook configuration's caBundle on this CA."""
     # imported here: only the Kubernetes path needs the client
-    from coordinator.kube_csr import NodeCertificateSigner, SignerSettings  # noqa: PLC0415
+    from coordinator.backends.kubernetes.csr import NodeCertificateSigner, SignerSettings  # noqa: PLC0415
 
     signer = NodeCertificateSigner(
         client, ca,
@@ -129,8 +136,8 @@ def _identity_tasks(
 
 async def _set_ca_bundle(settings: CoordinatorSettings, client: Any,
                          ca: CertificateAuthority) -> None:
-    from coordinator.kube import describe  # noqa: PLC0415
-    from coordinator.kube_webhook import patch_ca_bundle  # noqa: PLC0415
+    from coordinator.backends.kubernetes.client import describe  # noqa: PLC0415
+    from coordinator.backends.kubernetes.webhook import patch_ca_bundle  # noqa: PLC0415
 
     try:
         await patch_ca_bundle(client, settings.webhook_configuration, ca.pem)
@@ -173,11 +180,17 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
         else AdmissionWebhook(policy_file.policy if policy_file else None, registry)
     )
     identity_tasks: list[asyncio.Task[Any]] = []
-    if settings.kube == "off":
+    if settings.backend == "local":
         actuator = LocalActuator(settings.state_dir / "marks.json")
         if policy_file is not None:
             log.warning("--policy is checked but not enforced: task governance governs "
                         "Kubernetes pods and --kube is off", policy=str(policy_file.path))
+    elif settings.backend == "slurm":
+        actuator, governance = _slurm_parts(settings, audit)
+        if policy_file is not None:
+            log.warning("--policy is checked but not enforced by gpuwarden on Slurm: Slurm "
+                        "schedules; give it the policy with 'gpuwarden policy export --slurm'",
+                        policy=str(policy_file.path))  # fmt: skip
     else:
         actuator, elector, client = _kube_parts(settings)
         if policy_file is not None:
@@ -193,6 +206,7 @@ async def run(settings: CoordinatorSettings, stop: asyncio.Event) -> None:
     audit.record(AuditEntry(kind=AuditKind.SYSTEM, actor=settings.identity, action="start",
                             reason="coordinator started",
                             details={"dry_run": settings.dry_run, "kube": settings.kube,
+                                     "backend": settings.backend,
                                      "policy": str(settings.policy) if settings.policy else None,
                                      "governance": governance is not None}))
     runner = None
@@ -264,7 +278,7 @@ def _fan_out(governor: Any, webhook: AdmissionWebhook | None) -> Callable[[Polic
 
 async def _elect(elector: Any) -> None:
     """Run the election; a cluster configuration no retry can fix stops the daemon (exit 2)."""
-    from coordinator.kube import KubeConfigError  # noqa: PLC0415
+    from coordinator.backends.kubernetes.client import KubeConfigError  # noqa: PLC0415
 
     try:
         await elector.run()

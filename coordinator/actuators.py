@@ -1,7 +1,8 @@
 """How the coordinator acts on machines: one interface, several back ends.
 
-``coordinator.kube.KubeActuator`` applies DESIGN.md's Kubernetes contract; ``LocalActuator``
-records what it would do (demo, systemd installs). ``--dry-run`` is handled above both: the
+``coordinator.backends.kubernetes.actuator.KubeActuator`` applies DESIGN.md's Kubernetes contract,
+``coordinator.backends.slurm.SlurmActuator`` its Slurm contract; ``LocalActuator`` records what
+it would do (demo, systemd installs). ``--dry-run`` is handled above both: the
 decision is audited and no actuator method is called.
 """
 
@@ -11,7 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class NodeMark(StrEnum):
@@ -32,12 +33,15 @@ class MarkFact:
     the same condition text and the same Event, never a second one. ``reason`` is the Event
     and condition reason (``GPUFault``, ``NodeMarkedForRecovery``, ``NodeRecovered``),
     ``message`` the fault as first described, ``at`` the decision's time (Unix seconds).
+    ``fault`` names the fault the agent found (``XID 79 on GPU 2``) when the decision is one
+    (empty otherwise): Slurm's drain reason shows it.
     """
 
     reason: str
     message: str
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     at: float = field(default_factory=time.time)
+    fault: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class NodeFacts:
     unschedulable: bool = False
     # the decision behind the node's current gpuwarden mark, as the cluster recorded it
     fact: MarkFact | None = None
+    # GPUs the cluster's scheduler configures on the node (Slurm's GRES); None: not known
+    gpus: int | None = None
 
 
 @dataclass(frozen=True)
@@ -89,3 +95,12 @@ class Actuator(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class NodeCatalog(Protocol):
+    """A back end that can say, in one read, every node it knows with its facts (Slurm:
+    one ``sinfo``). The coordinator's inventory then feeds the model the cluster's own GPU
+    counts too, not only the node names of :meth:`Actuator.list_nodes`."""
+
+    async def list_node_facts(self) -> list[NodeFacts] | None: ...

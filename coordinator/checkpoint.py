@@ -91,12 +91,12 @@ async def record_checkpoint_async(
     transient failures within ``deadline_s``."""
     # imported here: the client is slow to import, and a pod without the downward API's
     # variables should hear so at once
-    from coordinator.kube import (  # noqa: PLC0415
+    from coordinator.backends.kubernetes.client import (  # noqa: PLC0415
         KubeConfigError,
-        KubePods,
         RetryPolicy,
         kube_client_from,
     )
+    from coordinator.backends.kubernetes.pod_api import KubePods  # noqa: PLC0415
 
     target = pod if pod is not None else this_pod(environ)
     saved_at = math.floor(_epoch(when))  # the annotation holds whole seconds

@@ -30,6 +30,8 @@ commands:
   teams              team quotas, borrowing and lending, from the coordinator's API
   tasks              tasks with their state, team, class and times, from the API
   policy check FILE  validate a governance policy file without running anything
+  policy export --slurm FILE
+                     the policy as sacctmgr commands for a Slurm cluster
   checkpoint         record a training checkpoint on this pod (run inside a task's pod)
   demo               run the whole system on this machine with a simulated fleet
 """
@@ -138,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def policy_command(argv: Sequence[str], prog: str = "gpuwarden policy") -> int:
     """``gpuwarden policy check FILE...``: validate policy files without running anything.
     Exit 0 when every file is valid, 1 when any is refused (each problem printed as
-    ``FILE: field: reason``), 2 on a usage error."""
+    ``FILE: field: reason``), 2 on a usage error. ``gpuwarden policy export --slurm FILE``:
+    print the policy as ``sacctmgr`` commands (1 when the file is refused)."""
     parser = argparse.ArgumentParser(prog=prog, description="work on governance policy files")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     check = commands.add_parser(
@@ -147,10 +150,21 @@ def policy_command(argv: Sequence[str], prog: str = "gpuwarden policy") -> int:
         description="Validate governance policy files the way the coordinator loads them.",
     )
     check.add_argument("files", nargs="+", metavar="FILE")
+    export = commands.add_parser(
+        "export",
+        help="print the policy in a scheduler's own terms",
+        description="Print the policy as commands for another scheduler, and what it cannot "
+        "express. --slurm: sacctmgr commands (an account per team, a QOS per priority class).",
+    )
+    export.add_argument("--slurm", action="store_true", required=True,
+                        help="sacctmgr commands for Slurm's accounting (slurmdbd)")
+    export.add_argument("file", metavar="FILE")
     args = parser.parse_args(list(argv))
     # imported here: pydantic and the models take a moment, which other commands need not pay
     from coordinator.governance.policy import PolicyError, load_policy  # noqa: PLC0415
 
+    if args.command == "export":
+        return _export_slurm(args.file)
     refused = 0
     for path in args.files:
         try:
@@ -162,6 +176,22 @@ def policy_command(argv: Sequence[str], prog: str = "gpuwarden policy") -> int:
             continue
         print(f"{path}: ok: {_policy_summary(policy)}")
     return 1 if refused else 0
+
+
+def _export_slurm(path: str) -> int:
+    from coordinator.backends.slurm.policy_export import export_policy  # noqa: PLC0415
+    from coordinator.governance.policy import PolicyError, load_policy  # noqa: PLC0415
+
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(f"{exc.source}: {problem}", file=sys.stderr)
+        print(f"gpuwarden policy export: fix {path} first ('gpuwarden policy check {path}' "
+              "lists every problem)", file=sys.stderr)  # fmt: skip
+        return 1
+    print(export_policy(policy).script(path), end="")
+    return 0
 
 
 def _policy_summary(policy: Policy) -> str:

@@ -16,7 +16,7 @@ from typing import Protocol
 import structlog
 from prometheus_client import CollectorRegistry
 
-from coordinator.actuators import Actuator
+from coordinator.actuators import Actuator, NodeCatalog, NodeFacts
 from coordinator.alerts import Alert, AlertSender
 from coordinator.api import Json, UnknownNode
 from coordinator.audit import AuditLog
@@ -114,13 +114,15 @@ class Coordinator:
             on_node_changed=self._node_changed,
             clock=clock,
         )
-        self.inventory = NodeInventory(actuator.list_nodes, self._members_changed)
+        self.inventory = NodeInventory(self._list_nodes, self._members_changed)
         self.feed = HealthFeed(
             settings.cluster, self.model, self.ingestor.publish_retained, self.cluster_health,
             self.registry, is_acting=lambda: self._acting, on_round=self._feed_round,
             refresh_s=settings.feed_refresh_s, clock=clock,
         )  # fmt: skip
         self.started_at = clock()
+        # the cluster's latest word on each node, for nodes whose agents report after it
+        self._catalog: dict[str, NodeFacts] = {}
 
     # --- ingest sink ----------------------------------------------------------------------
     def on_status(self, msg: StatusMessage) -> None:
@@ -133,6 +135,9 @@ class Coordinator:
         before = None if record is None else _verdict_key(record)
         if self.model.apply_state(msg, self.clock()):
             record = self.model.node(msg.node)
+            known = self._catalog.get(msg.node)
+            if record is not None and record.cluster_gpus is None and known is not None:
+                self.model.note_facts(known)  # its first report since the cluster was read
             if record is not None and _verdict_key(record) != before:
                 self.feed.changed(msg.node)  # a new node, or news in its verdict
             self.remediator.poke(msg.node)
@@ -185,6 +190,22 @@ class Coordinator:
             remediation_paused=pause is not None,
             paused_reason=pause.message if pause is not None else "",
         )
+
+    async def _list_nodes(self) -> frozenset[str] | None:
+        """The cluster's node list. A back end with a catalog (Slurm) says more in the same
+        read: the GPUs its scheduler configures on each node feed the model's capacity."""
+        if not isinstance(self.actuator, NodeCatalog):
+            return await self.actuator.list_nodes()
+        facts = await self.actuator.list_node_facts()
+        if facts is None:
+            return None
+        self._catalog = {node.name: node for node in facts}
+        for node in facts:
+            record = self.model.node(node.name)
+            before = None if record is None else record.gpus_total
+            if self.model.note_facts(node) and record is not None and record.gpus_total != before:
+                self.feed.changed(node.name)
+        return frozenset(node.name for node in facts)
 
     def _members_changed(self, members: frozenset[str] | None) -> None:
         self.model.members = members

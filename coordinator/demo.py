@@ -36,14 +36,14 @@ from agent.sim.fake_pynvml import FakeNvml
 from coordinator.__main__ import static_dir
 from coordinator.api import build_app
 from coordinator.audit import AuditKind, AuditLog
+from coordinator.backends.local.actuator import LocalActuator
+from coordinator.backends.local.sim_governor import SimGovernor, SimLine
 from coordinator.daemon import Coordinator
 from coordinator.demo_lines import governance_line, lifecycle_line
 from coordinator.embedded_broker import EmbeddedBroker
 from coordinator.governance.policy import load_policy
 from coordinator.governance.workload import load_workload
-from coordinator.local_actuator import LocalActuator
 from coordinator.settings import parse_settings as parse_coordinator_settings
-from coordinator.sim_governor import SimGovernor, SimLine
 from gpuwarden_common import logs
 from gpuwarden_common.daemon import StartupError
 from gpuwarden_common.http import serve

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from coordinator.sim_governor import SimLine
+from coordinator.backends.local.sim_governor import SimLine
 
 # task governance's reactions; admissions, arrivals and finishes would drown them
 GOVERNANCE_KINDS = frozenset({"preempt", "requeue", "fail"})

@@ -31,7 +31,7 @@ import aiomqtt
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gpuwarden_common.aio import raise_if_cancelled
+from gpuwarden_common.aio import raise_if_cancelled, run_together
 from gpuwarden_common.backoff import backoff_delay
 from gpuwarden_common.broker import BrokerSettings
 from gpuwarden_common.wire import (
@@ -534,17 +534,15 @@ class Ingestor:
                     self._on_connected(client, down_since)
                     attempt, down_since = 0, None
                     await self._flush_pending_retained(client)
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._consume(client), name="ingest-consume")
-                        tg.create_task(self._send_acks(client), name="ingest-acks")
-            except* aiomqtt.MqttError as group:
+                    await run_together(self._consume(client), self._send_acks(client))
+            except aiomqtt.MqttError as exc:
                 if down_since is None:
                     down_since = time.monotonic()
                     self._outages += 1
                     log.warning(
                         "broker unreachable; reconnecting with backoff",
                         broker=self._broker.display,
-                        error=str(group.exceptions[0]),
+                        error=str(exc),
                     )
             finally:
                 self._client = None

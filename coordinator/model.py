@@ -8,7 +8,10 @@ counts so that :meth:`ClusterModel.capacity` is one pass over nodes, not GPUs.
 
 Capacity puts every GPU in exactly one bucket, so the totals always add up; the buckets are
 defined, in the words the API, dashboard and docs use, in :mod:`coordinator.definitions`
-(``_Tally.add`` is their one implementation). Degraded GPUs are healthy: schedulable, warn only.
+(``_Tally.add`` is their one implementation). Degraded GPUs are healthy: schedulable, warn
+only. A node's GPU total is the larger of what its agent reports (or expects) and what the
+cluster's scheduler configures (Slurm's GRES, ``cluster_gpus``), so GPUs an agent cannot see
+count as unhealthy.
 
 A ``suspect`` node is in service: its GPUs count by their last reported health, so a broker
 outage, which silences everyone at once, does not shrink capacity and set off preemption.
@@ -127,6 +130,7 @@ class NodeRecord:
     action: Action = Action.NONE
     gpus: tuple[GpuView, ...] = ()
     gpus_expected: int | None = None
+    cluster_gpus: int | None = None  # what the cluster's scheduler configures (Slurm GRES)
     findings: tuple[Finding, ...] = ()  # the non-ok ones
     seen_findings: tuple[SeenFinding, ...] = ()  # the same, with first seen and count
     gpus_total: int = 0
@@ -337,11 +341,14 @@ class ClusterModel:
         return True
 
     def note_facts(self, facts: NodeFacts) -> bool:
-        """Take the node's instance type from the cluster's labels."""
+        """Take the node's instance type from the cluster's labels, and the GPUs its
+        scheduler configures (a GPU the agent does not report then counts as unhealthy)."""
         record = self._nodes.get(facts.name)
         if record is None:
             return False
         record.label_instance_type = facts.instance_type
+        record.cluster_gpus = facts.gpus
+        self._count_gpus(record)
         return True
 
     def restore(
@@ -457,5 +464,5 @@ class ClusterModel:
     @staticmethod
     def _count_gpus(record: NodeRecord) -> None:
         reported = len(record.gpus)
-        record.gpus_total = max(reported, record.gpus_expected or 0)
+        record.gpus_total = max(reported, record.gpus_expected or 0, record.cluster_gpus or 0)
         record.gpus_serviceable = sum(1 for g in record.gpus if g.serviceable)

@@ -1,7 +1,8 @@
 """Pods as task governance sees them: parsing, diffing, and grouping into tasks.
 
 Pure and free of ``kubernetes`` types, so governance code (and its tests) can use it without
-the client; :mod:`coordinator.kube` reads pods from the API server into :class:`PodInfo`.
+the client; :mod:`coordinator.backends.kubernetes.pod_api` reads pods from the API server
+into :class:`PodInfo`.
 
 A task is the set of pods sharing the ``gpuwarden.io/task`` label in one namespace; the
 coordinator admits it by removing the ``gpuwarden.io/admission`` scheduling gate from every
@@ -14,7 +15,7 @@ queue, its requeues and preemptions, its backoff - it writes on the recreated po
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -104,6 +105,9 @@ class PodInfo:
     requeues: int | None = None
     preemptions: int | None = None
     backoff_until: float | None = None
+    checkpoint_grace_text: str | None = None
+    """The grace annotation as written (``checkpoint_grace_s`` is None when it is no
+    number of seconds), so the governor can tell the pod what it used instead."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -191,7 +195,12 @@ def pod_info_from_json(pod: Mapping[str, Any]) -> PodInfo:
         requeues=_int_or_none(annotations.get(REQUEUES_ANNOTATION)),
         preemptions=_int_or_none(annotations.get(PREEMPTIONS_ANNOTATION)),
         backoff_until=parse_time(annotations.get(BACKOFF_UNTIL_ANNOTATION)),
+        checkpoint_grace_text=_text_or_none(annotations.get(CHECKPOINT_GRACE_ANNOTATION)),
     )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def diff_pods(
@@ -335,6 +344,38 @@ class TaskPods:
         return next((value for p in self.pods if (value := read(p)) is not None), None)
 
 
+@dataclass(frozen=True)
+class OutsideGovernance:
+    """GPUs taken on the nodes by pods gpuwarden does not govern."""
+
+    by_node: Mapping[str, int]
+    """GPUs per node of the scheduled pods without the task label: no task accounts for
+    them, so they come off the capacity the engine hands out."""
+    gpus: int
+    """Those, and the GPUs of admitted pods of tasks in namespaces no team governs."""
+    pods: int
+    namespaces: tuple[str, ...]
+
+
+def outside_governance(pods: Iterable[PodInfo], governed: Container[str]) -> OutsideGovernance:
+    """What the pods outside governance hold: GPU pods scheduled on a node and not ended,
+    without the task label, or in a namespace no team governs (``governed``)."""
+    by_node: dict[str, int] = {}
+    gpus = count = 0
+    namespaces: set[str] = set()
+    for pod in pods:
+        if pod.gpus <= 0 or pod.node_name is None or pod.terminal or pod.gated:
+            continue
+        if pod.task and pod.namespace in governed:
+            continue
+        if not pod.task:
+            by_node[pod.node_name] = by_node.get(pod.node_name, 0) + pod.gpus
+        gpus += pod.gpus
+        count += 1
+        namespaces.add(pod.namespace)
+    return OutsideGovernance(by_node, gpus, count, tuple(sorted(namespaces)))
+
+
 def group_by_task(pods: Iterable[PodInfo]) -> dict[str, TaskPods]:
     """The governed pods (those with a task label) by task key."""
     grouped: dict[tuple[str, str], list[PodInfo]] = {}
@@ -361,11 +402,13 @@ __all__ = [
     "TASK_LABEL",
     "TASK_SIZE_ANNOTATION",
     "ObjectRef",
+    "OutsideGovernance",
     "PodInfo",
     "TaskPods",
     "diff_pods",
     "format_time",
     "group_by_task",
+    "outside_governance",
     "parse_time",
     "pod_gpus",
     "pod_info_from_json",

@@ -24,6 +24,7 @@ from coordinator.actuators import ActionResult, Actuator, MarkFact, NodeFacts, N
 from coordinator.alerts import Alert, AlertSender
 from coordinator.audit import AuditEntry, AuditKind, AuditLog, AuditRecord
 from coordinator.convergence import MarkQueue, MarkWork
+from coordinator.fault_names import fault_of
 from coordinator.lifecycle import (
     OUT_OF_SERVICE,
     Lifecycle,
@@ -174,13 +175,15 @@ class Remediator:
         """Decide once: record the decision, apply it to the model, then bring the cluster
         into line (now, and again later for as long as that fails)."""
         assert t.mark is not None
-        fact = MarkFact(reason=_fact_reason(t), message=t.message, at=now)
+        fact = MarkFact(reason=_fact_reason(t), message=t.message, at=now,
+                        fault=fault_of(t, record))  # fmt: skip
         details: dict[str, Any] = {
             "source": t.source.value, "target": t.target.value,
             "mark": t.mark.value, "boot_id": record.boot_id,
             "health": record.health.value, "agent_action": record.action.value,
             "findings": [f"{f.code}@{f.gpu_index}" for f in record.findings][:20],
             "fact_id": fact.id, "fact_reason": fact.reason, "message": t.message,
+            "fault": fact.fault,
         }
         dry = self.config.dry_run
         decision_id = await self._audit(AuditEntry(

@@ -71,6 +71,7 @@ def decision_fact(record: AuditRecord) -> MarkFact:
         message=str(d.get("message") or record.reason),
         id=str(d.get("fact_id") or f"audit-{record.id}"),
         at=record.ts,
+        fault=str(d.get("fault") or ""),
     )
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator.backends.slurm.config import SlurmSettings, add_slurm_flags, slurm_settings
 from coordinator.pki import lifetime
 from coordinator.safety import MaxUnhealthy
 from gpuwarden_common.broker import BrokerSettings, BrokerUrlError
@@ -55,6 +56,12 @@ class CoordinatorSettings:
     webhook: HttpAddress | None = None
     webhook_names: tuple[str, ...] = ()
     webhook_configuration: str = "gpuwarden"
+    # kubernetes | slurm | local: where marks go (--backend, else from --kube)
+    backend: str = "local"
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
+
+
+BACKENDS = ("kubernetes", "slurm", "local")
 
 
 def build_parser(
@@ -87,6 +94,11 @@ def build_parser(
                    help="the client certificate's key (default: none)")
     p.add_argument("--cluster", default=e("CLUSTER", "default"),
                    help="cluster name in the MQTT topics (default default)")
+    p.add_argument("--backend", default=e("BACKEND"), choices=BACKENDS,
+                   help="where node marks and requeues go: kubernetes, slurm (drain, resume, "
+                   "requeue with Slurm's commands) or local (marks.json only). Default: from "
+                   "--kube (off: local, else kubernetes). When both are given --backend wins, "
+                   "and --kube only says how to reach Kubernetes (default: from --kube)")
     p.add_argument("--kube", default=e("KUBE", "off"),
                    help="auto | in-cluster | kubeconfig:PATH | off; off uses the local "
                    "actuator, for clusters without Kubernetes (default off)")
@@ -178,6 +190,7 @@ def build_parser(
                    help="seconds between republishing every retained verdict and the cluster "
                    "summary, so the health feed is never stale or forged for long "
                    "(default 60)")
+    add_slurm_flags(p, e)
     return p
 
 
@@ -220,10 +233,12 @@ def parse_settings(
     if not slash or not account_namespace or not account_name:
         raise SettingsError(f"--agent-service-account {args.agent_service_account!r}: "
                             "expected NAMESPACE/NAME")
+    backend = args.backend or ("local" if args.kube == "off" else "kubernetes")
+    kube = "auto" if backend == "kubernetes" and args.kube == "off" else args.kube
     return CoordinatorSettings(
         broker=broker,
         cluster=args.cluster,
-        kube=args.kube,
+        kube=kube,
         state_dir=Path(args.state),
         http=HttpAddress.parse(args.http),
         dry_run=bool_setting(args.dry_run, "GPUWARDEN_DRY_RUN"),
@@ -255,4 +270,7 @@ def parse_settings(
         webhook=webhook,
         webhook_names=(args.webhook_service, f"{args.webhook_service}.cluster.local"),
         webhook_configuration=args.webhook_configuration,
+        backend=backend,
+        # only the chosen back end's flags are checked: a stray GPUWARDEN_SLURM_* is harmless
+        slurm=slurm_settings(args) if backend == "slurm" else SlurmSettings(),
     )

@@ -12,14 +12,16 @@ from typing import Any, Protocol
 from coordinator.governance.observe import class_summaries, team_summaries, unassigned_summary
 from coordinator.governance.policy import Policy
 from coordinator.governance.tasks import GovernanceState, Task, TaskState
+from coordinator.pods import OutsideGovernance
 
 Json = dict[str, Any]
 
 
 class TaskGovernance(Protocol):
     def teams(self) -> list[Json]: ...
-    def unassigned(self) -> Json:
-        """Capacity outside every team's guarantee, and how much of it borrowers use."""
+    def unassigned(self) -> Json | None:
+        """Capacity outside every team's guarantee, and how much of it borrowers use (None
+        where teams are not gpuwarden's to govern)."""
         ...
 
     def tasks(self) -> list[Json]: ...
@@ -56,6 +58,15 @@ def unassigned_json(state: GovernanceState, policy: Policy) -> Json:
     lending teams (their ``lent``) or from here (``used``)."""
     line = unassigned_summary(state, team_summaries(state, policy))
     return {"gpus": line.gpus, "used": line.used, "idle": line.gpus - line.used}
+def outside_json(outside: OutsideGovernance) -> Json:
+    """GPU pods gpuwarden does not govern, as one row among the teams: their GPUs are not
+    handed out, and an operator should see where they went."""
+    return {
+        "name": "outside governance", "namespace": ", ".join(outside.namespaces),
+        "quota": 0, "guarantee": 0, "allocated": outside.gpus, "in_use": outside.gpus,
+        "borrowed": 0, "lent": 0, "pending_tasks": 0, "utilization_pct": None,
+        "outside_governance": True, "pods": outside.pods, "namespaces": list(outside.namespaces),
+    }
 
 
 def classes_json(state: GovernanceState, policy: Policy, now: float) -> list[Json]:

@@ -3,8 +3,9 @@
 Every replica serves it, the standby too: the answer depends only on the policy file both
 read, so the API server may call either (two endpoints behind the Service keep pod creation
 going through a coordinator restart, which ``failurePolicy: Fail`` needs). The serving
-certificate is issued from the gpuwarden CA at start (:mod:`coordinator.kube_webhook` puts
-that CA in the configuration's ``caBundle``).
+certificate is issued from the gpuwarden CA at start
+(:mod:`coordinator.backends.kubernetes.webhook` puts that CA in the configuration's
+``caBundle``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ An agent's broker identity is a client certificate whose CN is its Kubernetes no
 broker's ACL turns the CN into the MQTT user and lets it write only its own topics). On
 Kubernetes the agent asks for it through the CSR API with :data:`SIGNER_NAME`; the coordinator
 approves only a request made by an agent pod that runs on that very node, and signs it
-(``coordinator/csr_review.py``, ``coordinator/kube_csr.py``). Nothing here does I/O.
+(``coordinator/csr_review.py``, ``coordinator/backends/kubernetes/csr.py``). Nothing here does I/O.
 """
 
 from __future__ import annotations

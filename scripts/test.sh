@@ -13,6 +13,15 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # verifies th
 # Debian 12's kubernetes-client is 1.20, so a newer kubectl already on PATH is kept)
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 
+# a real Slurm (controller, node daemons, client commands, munge) for the Slurm back end's tests
+[ -x /usr/sbin/slurmctld ] || need_apt+=(slurmctld)
+[ -x /usr/sbin/slurmd ] || need_apt+=(slurmd)
+command -v scontrol >/dev/null 2>&1 || need_apt+=(slurm-client)
+[ -x /usr/sbin/munged ] || need_apt+=(munge)
+# Slurm's accounting (slurmdbd on MariaDB): checks 'gpuwarden policy export --slurm' for real
+[ -x /usr/sbin/slurmdbd ] || need_apt+=(slurmdbd)
+[ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
+
 # say the plan first: what gets installed where, then what runs
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt_plan="apt (as root): ${need_apt[*]}"

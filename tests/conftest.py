@@ -37,7 +37,7 @@ def fake_kube() -> Iterator[FakeKube]:
 @pytest.fixture
 def kube_api_client(fake_kube: FakeKube) -> Iterator[ApiClient]:
     """The official client's ApiClient, built as the coordinator builds it, for ``fake_kube``."""
-    from coordinator.kube import api_client_for_url, close_api_client  # noqa: PLC0415 - see above
+    from coordinator.backends.kubernetes.client import api_client_for_url, close_api_client  # noqa: PLC0415
 
     client = api_client_for_url(fake_kube.url)
     yield client

@@ -34,14 +34,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from coordinator.__main__ import run
 from coordinator.actuators import ActionResult, Actuator, MarkFact, NodeFacts, NodeMark
 from coordinator.audit import AuditLog
+from coordinator.backends.kubernetes.actuator import KubeActuator
+from coordinator.backends.kubernetes.client import api_client_for_url
+from coordinator.backends.kubernetes.leader import LeaderElector, LeaseSettings, leader_identity
 from coordinator.daemon import Coordinator
-from coordinator.kube import (
-    KubeActuator,
-    LeaderElector,
-    LeaseSettings,
-    api_client_for_url,
-    leader_identity,
-)
 from coordinator.settings import CoordinatorSettings, parse_settings
 from gpuwarden_common.health import Action, Finding, Health, Severity
 from gpuwarden_common.wire import (

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from agent.kube_csr import KubeCsrClient
 from agent.node_identity import IdentityFiles, NodeIdentity
+from coordinator.backends.kubernetes.client import api_client_for_url, close_api_client
+from coordinator.backends.kubernetes.csr import NodeCertificateSigner, SignerSettings
 from coordinator.csr_review import NODE_NAME_EXTRA, POD_NAME_EXTRA, POD_UID_EXTRA
-from coordinator.kube import api_client_for_url, close_api_client
-from coordinator.kube_csr import NodeCertificateSigner, SignerSettings
 from coordinator.pki import CertificateAuthority
 from tests.fakekube import FakeKube
 

@@ -95,6 +95,26 @@ async def test_a_stopped_agent_says_offline_itself(mosquitto: Mosquitto, tmp_pat
     assert msgs[-1].json()["status"] == "offline"
 
 
+async def test_an_agent_stopping_with_unacknowledged_events_still_says_offline(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    # no coordinator: nobody acknowledges the fault, and the agent must not wait for ever
+    scenario = _scenario(tmp_path, "- {at: 0.5, gpu: 1, fault: xid, xid: 79}\n")
+    async with listening(mosquitto.port, "gpuwarden/v1/c1/nodes/#") as heard:
+        with agent_process(mosquitto.url, "node-e", "--sim-scenario", scenario,
+                           tmp=tmp_path) as proc:  # fmt: skip
+            await heard.wait_for(_events, timeout=30)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait, 15)
+            assert proc.returncode == 0
+        msgs = await heard.wait_for(lambda m: any(_offline(x) for x in m))
+    assert msgs
+
+
+def _offline(msg: Received) -> bool:
+    return msg.topic.endswith("/status") and msg.json()["status"] == "offline"
+
+
 async def test_faults_raised_while_the_broker_is_dead_all_arrive_after_it_returns(
     tmp_path: Path,
 ) -> None:

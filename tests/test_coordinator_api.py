@@ -11,7 +11,11 @@ from typing import Any
 import pytest
 
 from coordinator import cli
-from coordinator.kube import CORDONED_BY_ANNOTATION, GPU_CONDITION, HEALTH_LABEL
+from coordinator.backends.kubernetes.contract import (
+    CORDONED_BY_ANNOTATION,
+    GPU_CONDITION,
+    HEALTH_LABEL,
+)
 from tests.brokers import Mosquitto, free_port
 from tests.coordinator_harness import (
     RunningCoordinator,

@@ -10,7 +10,11 @@ from typing import Any
 
 import pytest
 
-from coordinator.kube import CORDONED_BY_ANNOTATION, GPU_CONDITION, HEALTH_LABEL
+from coordinator.backends.kubernetes.contract import (
+    CORDONED_BY_ANNOTATION,
+    GPU_CONDITION,
+    HEALTH_LABEL,
+)
 from tests.agent_process import agent_process
 from tests.brokers import Mosquitto
 from tests.coordinator_harness import (

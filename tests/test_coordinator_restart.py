@@ -13,9 +13,13 @@ import pytest
 
 from coordinator.actuators import NodeMark
 from coordinator.audit import AuditKind, AuditLog, AuditRecord
+from coordinator.backends.kubernetes.contract import (
+    CORDONED_BY_ANNOTATION,
+    GPU_CONDITION,
+    HEALTH_LABEL,
+)
+from coordinator.backends.local.actuator import LocalActuator
 from coordinator.daemon import Coordinator
-from coordinator.kube import CORDONED_BY_ANNOTATION, GPU_CONDITION, HEALTH_LABEL
-from coordinator.local_actuator import LocalActuator
 from coordinator.settings import CoordinatorSettings
 from tests.brokers import Mosquitto, free_port
 from tests.coordinator_harness import (

@@ -21,9 +21,13 @@ import pytest
 import yaml
 
 from agent.settings import parse_settings as parse_agent_settings
+from coordinator.backends.kubernetes.contract import (
+    API_CALLS_USED,
+    API_GROUP_OF,
+    UNHEALTHY_TAINT_KEY,
+)
+from coordinator.backends.kubernetes.csr import SIGNER_RBAC
 from coordinator.governance.policy import parse_policy
-from coordinator.kube import API_CALLS_USED, API_GROUP_OF, UNHEALTHY_TAINT_KEY
-from coordinator.kube_csr import SIGNER_RBAC
 from coordinator.lifecycle import Lifecycle
 from coordinator.pods import GPU_RESOURCE
 from coordinator.settings import parse_settings as parse_coordinator_settings

@@ -1,7 +1,8 @@
 """The fake API server behaves like the real one where gpuwarden's code depends on it.
 
-These talk to the fake with the official client directly (not through coordinator.kube), so a
-fake that drifted from the API server's behaviour fails here, not as a puzzling kube test.
+These talk to the fake with the official client directly (not through
+coordinator.backends.kubernetes), so a fake that drifted from the API server's behaviour
+fails here, not as a puzzling kube test.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from coordinator.governance import Fail, Requeue, RequeueSettings, TaskState, on_node_fault
+from coordinator.governance.requeue import on_admission_timeout
 from tests.governance_world import World
 
 SETTINGS = RequeueSettings(max_requeues=3, backoff_seconds=30, backoff_max_seconds=100)
@@ -94,3 +95,51 @@ def test_fault_decisions_come_in_task_key_order() -> None:
     world.running("a", "y", 4, nodes={"n1": 4})
     decisions = on_node_fault(world.state.tasks.values(), "n1", 500, SETTINGS)
     assert [d.task for d in decisions] == ["a/y", "b/z"]
+
+
+# -- admitted tasks whose pods never run (Kueue's waitForPodsReady) --------------------------
+
+TIMEOUT = RequeueSettings(
+    max_requeues=2, backoff_seconds=30, backoff_max_seconds=100, admitted_timeout_seconds=300
+)
+
+
+def admitted_at(world: World, name: str, at: float) -> None:
+    task = world.pending("a", name, 8)
+    task.state, task.admitted_at = TaskState.ADMITTED, at
+
+
+def test_an_admitted_task_whose_pods_do_not_run_in_time_is_requeued_with_backoff() -> None:
+    world = World(gpus=8)
+    admitted_at(world, "stuck", 100)
+    [decision] = on_admission_timeout(world.state.tasks.values(), 400, TIMEOUT)
+    assert isinstance(decision, Requeue)
+    assert (decision.task, decision.counted, decision.backoff_until) == ("a/stuck", True, 430)
+    assert "not all running 300 s after admission" in decision.reason
+
+
+def test_an_admitted_task_within_its_time_is_left_alone() -> None:
+    world = World(gpus=8)
+    admitted_at(world, "pulling", 200)
+    assert on_admission_timeout(world.state.tasks.values(), 400, TIMEOUT) == []
+
+
+def test_a_running_task_is_never_timed_out() -> None:
+    world = World(gpus=8)
+    world.running("a", "fine", 8, admitted=0)
+    assert on_admission_timeout(world.state.tasks.values(), 10_000, TIMEOUT) == []
+
+
+def test_a_task_timed_out_past_its_max_requeues_fails() -> None:
+    world = World(gpus=8)
+    admitted_at(world, "hopeless", 0)
+    world.state.task("a/hopeless").requeue_count = 2
+    [decision] = on_admission_timeout(world.state.tasks.values(), 400, TIMEOUT)
+    assert isinstance(decision, Fail)
+
+
+def test_no_timeout_when_the_policy_sets_none() -> None:
+    world = World(gpus=8)
+    admitted_at(world, "stuck", 0)
+    never = RequeueSettings(admitted_timeout_seconds=None)
+    assert on_admission_timeout(world.state.tasks.values(), 10**9, never) == []

@@ -13,19 +13,21 @@ import pytest
 from kubernetes.client import ApiClient
 
 from coordinator.actuators import MarkFact, NodeMark
-from coordinator.kube import (
-    API_CALLS_USED,
-    CORDONED_BY_ANNOTATION,
-    GPU_CONDITION,
-    HEALTH_LABEL,
-    UNHEALTHY_TAINT_KEY,
+from coordinator.backends.kubernetes.actuator import KubeActuator
+from coordinator.backends.kubernetes.client import (
     ApiCall,
-    KubeActuator,
     KubeConfigError,
     KubeUnavailableError,
     RetryPolicy,
     close_api_client,
     kube_client_from,
+)
+from coordinator.backends.kubernetes.contract import (
+    API_CALLS_USED,
+    CORDONED_BY_ANNOTATION,
+    GPU_CONDITION,
+    HEALTH_LABEL,
+    UNHEALTHY_TAINT_KEY,
 )
 from tests.fakekube import FakeKube
 

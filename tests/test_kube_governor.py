@@ -15,9 +15,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from coordinator.audit import AuditKind, AuditLog, AuditRecord
+from coordinator.backends.kubernetes.client import RetryPolicy, api_client_for_url, close_api_client
+from coordinator.backends.kubernetes.governor import GovernorSettings, KubeGovernor
+from coordinator.backends.kubernetes.pod_api import KubePods
 from coordinator.governance import Policy
-from coordinator.kube import KubePods, RetryPolicy, api_client_for_url, close_api_client
-from coordinator.kube_governor import GovernorSettings, KubeGovernor
 from coordinator.pods import (
     ADMISSION_GATE,
     CHECKPOINT_GRACE_ANNOTATION,
@@ -32,6 +33,7 @@ from coordinator.pods import (
     TaskPods,
     format_time,
     group_by_task,
+    outside_governance,
     parse_time,
     pod_info_from_json,
 )
@@ -196,6 +198,20 @@ def test_a_task_succeeded_only_when_every_pod_it_ran_succeeded() -> None:
     assert done.succeeded
     assert not one_failed.succeeded
     assert not replacement_waiting.succeeded
+
+
+def test_gpu_pods_without_the_task_label_or_in_no_teams_namespace_are_outside() -> None:
+    pods = [
+        pod("notebook", task=None, phase="Running", node="n1", gpus=2),
+        pod("stray", task="t", phase="Running", node="n2", gpus=1),  # ns is governed by no team
+        pod("web", task=None, phase="Running", node="n1", gpus=0),
+        pod("waiting", task=None, phase="Pending", gpus=4),  # on no node yet
+        pod("done", task=None, phase="Succeeded", node="n1", gpus=4),
+    ]
+    outside = outside_governance(pods, governed={"other"})
+    assert dict(outside.by_node) == {"n1": 2}  # the stray task's GPUs are the engine's already
+    assert (outside.gpus, outside.pods, outside.namespaces) == (3, 2, ("ns",))
+    assert outside_governance(pods, governed={"ns"}).gpus == 2
 
 
 # --- the governor against the fake API server -------------------------------------------------
@@ -509,6 +525,104 @@ async def test_a_preempted_task_recreated_by_its_owner_returns_when_gpus_free_ag
 
     await until(lambda: not world.gated("b", "b2-1"), "b2 admitted again")
     assert world.task_row("b/b2")["times_preempted"] == 1
+
+
+async def borrowing_with_grace(world: World, grace: str) -> None:
+    """As :func:`borrowing`, b2 asking for ``grace`` as its checkpoint grace."""
+    world.submit("b", "b1", gpus=4)
+    world.submit("b", "b2", gpus=4, annotations={CHECKPOINT_GRACE_ANNOTATION: grace})
+    await world.start(policy(team("a", 4), team("b", 4, limit=100)), {"n1": 8})
+    await world.admitted_and_running("b", "b1-0", "n1")
+    await world.admitted_and_running("b", "b2-0", "n1")
+    await until(lambda: world.task_state("b/b2") == "running", "b2 running")
+
+
+async def test_a_grace_above_the_policy_maximum_is_capped_and_the_pod_told(world: World) -> None:
+    await borrowing_with_grace(world, "864000")
+    [event] = await until(lambda: world.events("CheckpointGraceAdjusted", "b2-0"), "an event")
+    assert event["type"] == "Warning"
+    assert "600 s is used instead" in event["message"]
+
+    world.submit("a", "a1", gpus=4)
+    evictions = await until(lambda: world.evicted("b", "b2-0"), "the borrower evicted")
+    assert evictions[0].body["deleteOptions"]["gracePeriodSeconds"] == 600
+
+
+async def test_a_grace_that_is_not_a_number_is_refused_and_the_pod_told_what_is_used(
+    world: World,
+) -> None:
+    await borrowing_with_grace(world, "ten minutes")
+    [event] = await until(lambda: world.events("CheckpointGraceAdjusted", "b2-0"), "an event")
+    assert "'ten minutes' is not a number of seconds" in event["message"]
+    assert "30 s is used instead" in event["message"]
+
+    world.submit("a", "a1", gpus=4)
+    evictions = await until(lambda: world.evicted("b", "b2-0"), "the borrower evicted")
+    assert evictions[0].body["deleteOptions"]["gracePeriodSeconds"] == 30
+
+
+async def test_a_negative_grace_is_refused_once_per_pod(world: World) -> None:
+    await borrowing_with_grace(world, "-5")
+    await until(lambda: world.events("CheckpointGraceAdjusted", "b2-0"), "an event")
+    await asyncio.sleep(0.3)  # several rounds
+    [event] = world.events("CheckpointGraceAdjusted", "b2-0")
+    assert "negative" in event["message"]
+
+
+# admitted pods that never run (Kueue's waitForPodsReady)
+
+
+async def test_an_admitted_task_whose_pods_never_run_is_requeued_counted_audited_and_told(
+    world: World,
+) -> None:
+    world.submit("a", "stuck", gpus=4)
+    rules = policy(
+        team("a", 8),
+        requeue={**QUICK_REQUEUE, "admittedTimeoutSeconds": 0.5},
+        preemption=NO_GRACE,
+    )
+    await world.start(rules, {"n1": 8})
+    await until(lambda: not world.gated("a", "stuck-0"), "stuck admitted")  # never scheduled
+
+    await until(lambda: world.evicted("a", "stuck-0"), "its pod removed")
+    [requeue] = await until(lambda: world.decisions("requeue", "a/stuck"), "the requeue audited")
+    assert requeue.details["cause"] == "admitted-timeout"
+    assert requeue.details["requeues"] == 1
+    [event] = await until(lambda: world.events("TaskRequeued", "stuck-0"), "an event")
+    assert "not all running" in event["message"]
+    assert world.task_row("a/stuck")["requeues"] == 1
+    assert world.task_row("a/stuck")["state"] == "requeued"
+
+
+# GPU pods outside governance
+
+
+async def test_gpu_pods_outside_governance_are_left_out_of_the_capacity_handed_out(
+    world: World,
+) -> None:
+    world.fake.add_pod("ml", "notebook", node_name="n1", phase="Running", gpus=4)
+    world.submit("a", "whole", gpus=8)
+    await world.start(policy(team("a", 8)), {"n1": 8})
+    await until(lambda: world.task_state("a/whole") == "pending", "the task seen")
+    await asyncio.sleep(0.3)  # several rounds
+    assert world.gated("a", "whole-0")  # 4 of n1's 8 GPUs are the notebook's
+
+    world.submit("a", "half", gpus=4)
+    await until(lambda: not world.gated("a", "half-0"), "the other 4 handed out")
+
+
+async def test_gpu_pods_outside_governance_show_in_the_teams_view(world: World) -> None:
+    world.fake.add_pod("ml", "notebook", node_name="n1", phase="Running", gpus=4)
+    world.fake.add_pod("web", "frontend", node_name="n1", phase="Running")  # no GPU
+    governor = await world.start(policy(team("a", 8)), {"n1": 8})
+
+    rows = await until(
+        lambda: [row for row in governor.teams() if row["name"] == "outside governance"],
+        "an outside-governance row",
+    )
+    assert rows[0]["allocated"] == 4
+    assert rows[0]["outside_governance"] is True
+    assert rows[0]["namespaces"] == ["ml"]
 
 
 # node faults

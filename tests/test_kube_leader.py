@@ -13,14 +13,12 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from kubernetes.client import ApiClient
 
-from coordinator.kube import (
+from coordinator.backends.kubernetes.client import (
     KubeConfigError,
-    LeaderElector,
-    LeaseSettings,
     api_client_for_url,
     close_api_client,
-    leader_identity,
 )
+from coordinator.backends.kubernetes.leader import LeaderElector, LeaseSettings, leader_identity
 from tests.fakekube import FakeKube
 
 SHORT = LeaseSettings(

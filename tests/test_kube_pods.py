@@ -10,7 +10,10 @@ from datetime import UTC, datetime
 import pytest
 from kubernetes.client import ApiClient
 
-from coordinator.kube import (
+from coordinator.backends.kubernetes.client import ApiCall, RetryPolicy
+from coordinator.backends.kubernetes.contract import EventReason, EventType
+from coordinator.backends.kubernetes.pod_api import EvictOutcome, KubePods
+from coordinator.pods import (
     ADMISSION_GATE,
     CHECKPOINT_GRACE_ANNOTATION,
     LAST_CHECKPOINT_ANNOTATION,
@@ -18,13 +21,7 @@ from coordinator.kube import (
     PRIORITY_CLASS_LABEL,
     TASK_LABEL,
     TASK_SIZE_ANNOTATION,
-    ApiCall,
-    EventReason,
-    EventType,
-    EvictOutcome,
-    KubePods,
     PodInfo,
-    RetryPolicy,
     pod_info_from_json,
 )
 from tests.fakekube import FakeKube

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from kubernetes.client import ApiClient
 
-from coordinator.kube_webhook import patch_ca_bundle
+from coordinator.backends.kubernetes.webhook import patch_ca_bundle
 from coordinator.pki import CertificateAuthority
 from tests.fakekube import FakeKube
 

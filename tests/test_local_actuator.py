@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from coordinator.actuators import MarkFact, NodeMark
-from coordinator.local_actuator import LocalActuator
+from coordinator.backends.local.actuator import LocalActuator
 
 
 async def test_marking_twice_changes_nothing_the_second_time(tmp_path: Path) -> None:

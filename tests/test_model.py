@@ -329,6 +329,15 @@ def test_gpus_expected_but_missing_from_the_report_count_as_unhealthy() -> None:
     assert model.capacity().cluster == GpuCounts(nodes=1, total=8, healthy=7, unhealthy=1)
 
 
+def test_gpus_the_clusters_scheduler_configures_but_the_report_lacks_count_as_unhealthy() -> None:
+    model = ClusterModel()
+    model.apply_state(state(gpus=[gpu(i) for i in range(6)]), now=100.0)
+    model.note_facts(NodeFacts(name="gpu-1", gpus=8))  # Slurm's GRES: gpu:8
+    assert model.capacity().cluster == GpuCounts(nodes=1, total=8, healthy=6, unhealthy=2)
+    model.apply_state(state(gpus=[gpu(i) for i in range(6)], seq=2), now=101.0)
+    assert model.capacity().cluster.total == 8  # the next report does not forget it
+
+
 def test_a_lost_gpu_counts_as_unhealthy_whatever_its_health_field() -> None:
     model = ClusterModel()
     model.apply_state(state(gpus=[gpu(0), gpu(1, lost=True)]), now=100.0)

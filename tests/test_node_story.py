@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from coordinator.audit import AuditLog
+from coordinator.backends.local.actuator import LocalActuator
 from coordinator.daemon import Coordinator
 from coordinator.definitions import GPU_BUCKETS, GPUS_TOTAL, TEAM_TERMS, UNASSIGNED, Term
-from coordinator.local_actuator import LocalActuator
 from gpuwarden_common.health import Action, Finding, Health, Severity
 from tests.brokers import free_port
 from tests.coordinator_harness import FakeAgent, coordinator_settings

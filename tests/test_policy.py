@@ -272,3 +272,25 @@ def test_diff_reports_settings_and_class_weights() -> None:
         "admission: 'task-ranking' -> 'first-come-first-serve'",
         "priorityClasses[training].weight: 70 -> 60",
     ]
+
+
+def test_a_victims_checkpoint_grace_is_capped_at_ten_minutes_by_default() -> None:
+    policy = parse_policy("teams: [{name: a, namespace: a, quota: {gpus: 4}}]")
+    assert policy.preemption.max_grace_seconds == 600
+    assert policy.preemption.grace_for(864_000) == 600
+    assert policy.preemption.grace_for(45) == 45
+    assert policy.preemption.grace_for(None) == policy.preemption.default_grace_seconds
+
+
+def test_a_default_grace_above_the_maximum_is_refused_with_field_and_reason(
+    tmp_path: Path,
+) -> None:
+    text = GOOD + "preemption: {defaultGraceSeconds: 900, maxGraceSeconds: 300}\n"
+    [problem] = refusal(text, tmp_path).problems
+    assert problem.field == "preemption.defaultGraceSeconds"
+    assert "at most maxGraceSeconds (300)" in problem.reason
+
+
+def test_a_negative_maximum_grace_is_refused(tmp_path: Path) -> None:
+    [problem] = refusal(GOOD + "preemption: {maxGraceSeconds: -1}\n", tmp_path).problems
+    assert problem.field == "preemption.maxGraceSeconds"

@@ -18,7 +18,11 @@ from prometheus_client import CollectorRegistry
 from coordinator.actuators import ActionResult, MarkFact, NodeFacts, NodeMark
 from coordinator.alerts import AlertSender
 from coordinator.audit import AuditKind, AuditLog
-from coordinator.kube import CORDONED_BY_ANNOTATION, GPU_CONDITION, HEALTH_LABEL
+from coordinator.backends.kubernetes.contract import (
+    CORDONED_BY_ANNOTATION,
+    GPU_CONDITION,
+    HEALTH_LABEL,
+)
 from coordinator.lifecycle import LifecycleConfig
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import ClusterModel

@@ -39,7 +39,7 @@ from coordinator.governance.policy import (
     load_policy,
     parse_policy,
 )
-from coordinator.governance.requeue import on_node_fault
+from coordinator.governance.requeue import on_admission_timeout, on_node_fault
 from coordinator.governance.tasks import (
     Capacity,
     GovernanceState,
@@ -84,6 +84,7 @@ __all__ = [
     "diff",
     "effective_priority",
     "load_policy",
+    "on_admission_timeout",
     "on_node_fault",
     "parse_policy",
     "scaled_guarantees",

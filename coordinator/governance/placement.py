@@ -10,7 +10,7 @@ Nodes are kept in buckets by free count, so a placement costs O(pods x distinct 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 
 class FreeGpus:
@@ -40,6 +40,13 @@ class FreeGpus:
         """The free GPUs per node (nodes with none left out), kept current as placements
         are made: a view for hot loops, whose ``get`` costs no Python call."""
         return self._free
+
+    def by_count_descending(self) -> Iterator[tuple[int, Sequence[str]]]:
+        """The nodes with free GPUs, most free first, each count's nodes by name."""
+        for count in reversed(self._counts):
+            bucket = self._buckets[count]
+            if bucket:
+                yield count, tuple(bucket)
 
     def place(self, pod_gpus: Sequence[int]) -> dict[str, int] | None:
         """Place all pods or none: GPUs per node, or None (nothing changes) when the gang

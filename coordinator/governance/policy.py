@@ -129,14 +129,35 @@ class Team(_Strict):
 class PreemptionSettings(_Strict):
     victim_order: VictimOrder = VictimOrder.CHECKPOINT_AWARE
     default_grace_seconds: float = Field(default=30.0, ge=0, le=86_400)
+    max_grace_seconds: float = Field(default=600.0, ge=0, le=86_400)
+    """The most checkpoint grace a victim gets, whatever its pods ask for: its preemptor
+    waits that long at most (HyperPod and Kueue users expect minutes, not days)."""
     aging_boost_per_preemption: int = Field(default=5, ge=0, le=100)
     aging_max_boost: int = Field(default=20, ge=0, le=100)
+
+    def grace_for(self, asked: float | None) -> float:
+        """The grace a victim gets: what it asked for (``None``: the default), at most
+        ``max_grace_seconds``."""
+        return min(self.default_grace_seconds if asked is None else asked, self.max_grace_seconds)
+
+
+class ReservationSettings(_Strict):
+    """Bounded wait (Slurm's backfill reservation): once the first task of a team's queue
+    has waited longer than ``after_wait_seconds``, capacity is held for it as it frees up
+    and the tasks behind it use only what does not delay it (docs/policy.md)."""
+
+    after_wait_seconds: float | None = Field(default=3600.0, ge=0, le=30 * 86_400)
+    """None: never (best effort, as Kueue's BestEffortFIFO)."""
 
 
 class RequeueSettings(_Strict):
     max_requeues: int = Field(default=3, ge=0, le=1000)
     backoff_seconds: float = Field(default=30.0, ge=0, le=86_400)
     backoff_max_seconds: float = Field(default=900.0, ge=0, le=7 * 86_400)
+    admitted_timeout_seconds: float | None = Field(default=600.0, gt=0, le=86_400)
+    """An admitted task whose pods are not all running this long after its admission (an
+    image that does not pull, a node selector nothing matches) is requeued, as Kueue's
+    waitForPodsReady does: its GPUs are not held forever. None: never."""
 
     def backoff_for(self, attempt: int) -> float:
         """Seconds to wait before requeue number ``attempt`` (1-based) is admitted again:
@@ -153,6 +174,7 @@ class Policy(_Strict):
     default_priority_class: ClassName | None = None
     priority_classes: tuple[PriorityClass, ...] = ()
     preemption: PreemptionSettings = PreemptionSettings()
+    reservation: ReservationSettings = ReservationSettings()
     requeue: RequeueSettings = RequeueSettings()
     teams: tuple[Team, ...] = ()
 
@@ -196,6 +218,11 @@ def _semantic_problems(policy: Policy) -> Iterator[Problem]:
             f"no priority class named {policy.default_priority_class!r} in priorityClasses",
         )
     settings = policy.preemption
+    if settings.default_grace_seconds > settings.max_grace_seconds:
+        yield Problem(
+            "preemption.defaultGraceSeconds",
+            f"must be at most maxGraceSeconds ({settings.max_grace_seconds:g})",
+        )
     if settings.aging_max_boost < settings.aging_boost_per_preemption:
         yield Problem(
             "preemption.agingMaxBoost",

@@ -154,6 +154,9 @@ class SimReport:
     fault_requeues: int
     classes: tuple[ClassStats, ...]
     team_running_gpu_s: Mapping[str, float] = field(default_factory=dict)
+    worst_gang_wait_s: float = 0.0
+    """The longest wait (arrival to first start; until the end for one never started) of a
+    gang (more than one pod) asking for no more than its team's quota."""
 
     @property
     def utilization(self) -> float:
@@ -178,6 +181,7 @@ class SimCluster:
         *,
         start: float = 0.0,
         on_event: Callable[[SimEvent], None] | None = None,
+        on_round: Callable[[GovernanceState, float], None] | None = None,
     ) -> None:
         problems = workload.problems_with(policy)
         if problems:
@@ -185,6 +189,9 @@ class SimCluster:
         self.policy = policy
         self.now = start
         self._on_event = on_event
+        self._on_round = on_round
+        """Called before each decision with the state and the time (benchmarks watch the
+        queue with it)."""
         self._rng = random.Random(workload.seed)
         self._random_faults = workload.random_faults
         self._node_gpus = {
@@ -268,6 +275,7 @@ class SimCluster:
 
     def report(self) -> SimReport:
         runs = [*self._done, *self._runs.values()]
+        quota = {team.name: team.quota.gpus for team in self.policy.teams}
         by_class: dict[str, list[_Run]] = {}
         for run in runs:
             by_class.setdefault(run.spec.priority_class or "", []).append(run)
@@ -288,6 +296,14 @@ class SimCluster:
             fault_requeues=counters.fault_requeues,
             classes=classes,
             team_running_gpu_s=dict(counters.team_running_gpu_s),
+            worst_gang_wait_s=max(
+                (
+                    (run.first_start if run.first_start is not None else self.now) - run.arrival
+                    for run in runs
+                    if run.spec.size > 1 and run.spec.demand <= quota.get(run.team, 0)
+                ),
+                default=0.0,
+            ),
         )
 
     # -- events ------------------------------------------------------------------------------
@@ -342,6 +358,10 @@ class SimCluster:
         )
         self.state.add(task)
         self._runs[task.key] = _Run(spec, task.key, spec.team, self.now)
+        limit = self.policy.reservation.after_wait_seconds
+        if limit is not None:
+            # look again when it may have waited too long: capacity is held for it from then
+            self._push(self.now + limit + 1, _Wake())
         self._emit("arrival", task.key, f"{spec.demand} GPUs, {spec.duration / 3600:.1f} h")
 
     def _complete(self, key: str, epoch: int) -> None:
@@ -397,6 +417,8 @@ class SimCluster:
         if not any(task.state.waiting for task in self.state.tasks.values()):
             return
         self._refresh_checkpoints()
+        if self._on_round is not None:
+            self._on_round(self.state, self.now)
         decisions = decide(self.state, self.policy, self.now)
         for preempt in decisions.preempt:
             self._apply(preempt)

@@ -10,6 +10,12 @@ Transitions (anything else raises :class:`InvalidTransitionError`)::
     any but finished / failed       --Fail-->  failed
 
 A requeued task keeps its original ``queued_at``, so it returns to its place in the queue.
+
+A task released after a preemption owes the GPUs it freed to its preemptor while that one
+waits (DESIGN.md: the GPUs its victims free are its own, first). The claim is spent when the
+preemptor is admitted and void when it fails, finishes or is removed; ``preempted_by``
+stays, as the ping-pong guard (a task never preempts the task that preempted it while that
+one runs).
 """
 
 from __future__ import annotations
@@ -89,6 +95,9 @@ class Task:
     """GPUs held per node, when known (the sim places; on Kubernetes the scheduler does)."""
     preempted_by: str | None = None
     preempted_at: float | None = None
+    claim_spent: bool = False
+    """Released after a preemption, its freed GPUs are no longer owed to ``preempted_by``:
+    that task was admitted since, or is gone."""
     grace_until: float | None = None
     times_preempted: int = 0
     requeue_count: int = 0
@@ -153,6 +162,8 @@ class GovernanceState:
 
     capacity: Capacity
     tasks: dict[str, Task] = field(default_factory=dict)
+    _owed: dict[str, set[str]] = field(default_factory=dict, repr=False)
+    """Preemptor -> the released victims whose freed GPUs it has a claim on."""
 
     def add(self, task: Task) -> None:
         if task.key in self.tasks:
@@ -166,7 +177,9 @@ class GovernanceState:
             raise KeyError(f"no task {key!r}") from None
 
     def remove(self, key: str) -> Task:
-        return self.tasks.pop(key)
+        task = self.tasks.pop(key)
+        self._end_claims(task)
+        return task
 
     def apply(self, decision: Decision, now: float) -> None:
         match decision:
@@ -186,6 +199,7 @@ class GovernanceState:
     def _admit(self, decision: Admit, now: float) -> None:
         task = self.task(decision.task)
         _expect(task, _WAITING, "admit")
+        self._end_claims(task)  # spent: the GPUs it was owed are its own now
         task.state = TaskState.ADMITTED
         task.admitted_at = now
         task.started_at = None
@@ -248,6 +262,12 @@ class GovernanceState:
         task.grace_until = None
         task.backoff_until = None
         task.reason = f"released at {now:.0f} after preemption by {task.preempted_by}"
+        task.claim_spent = False
+        preemptor = self.tasks.get(task.preempted_by or "")
+        if preemptor is not None and preemptor.state.waiting:
+            self._owed.setdefault(preemptor.key, set()).add(task.key)
+        else:
+            task.claim_spent = True  # its preemptor runs already, or is gone
 
     def finish(self, key: str, now: float) -> None:
         task = self.task(key)
@@ -255,6 +275,7 @@ class GovernanceState:
         task.state = TaskState.FINISHED
         task.finished_at = now
         task.placement = {}
+        self._end_claims(task)
 
     def fail(self, key: str, now: float, reason: str) -> None:
         """The application failed on its own (not a fault the coordinator requeues)."""
@@ -267,6 +288,17 @@ class GovernanceState:
         task.finished_at = now
         task.placement = {}
         task.reason = reason
+        self._end_claims(task)
+
+    def _end_claims(self, task: Task) -> None:
+        """``task`` was admitted or left: what was owed to it is not any more (spent, or
+        void), and it is owed nothing as a victim either."""
+        for key in self._owed.pop(task.key, ()):
+            victim = self.tasks.get(key)
+            if victim is not None:
+                victim.claim_spent = True
+        if task.preempted_by is not None:
+            self._owed.get(task.preempted_by, set()).discard(task.key)
 
 
 def _expect(task: Task, allowed: Iterable[TaskState], action: str) -> None:

@@ -13,7 +13,9 @@ from typing import Any
 import structlog
 from kubernetes import client as k8s
 
-from coordinator.kube import RetryPolicy, _Api, _json_body
+from coordinator.backends.kubernetes.client import KubeApi as _Api
+from coordinator.backends.kubernetes.client import RetryPolicy
+from coordinator.backends.kubernetes.client import json_body as _json_body
 
 log = structlog.get_logger("coordinator.webhook")
 

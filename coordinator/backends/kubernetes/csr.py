@@ -26,8 +26,10 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from coordinator.backends.kubernetes.client import KubeApi as _Api
+from coordinator.backends.kubernetes.client import KubeUnavailableError, RetryPolicy, describe
+from coordinator.backends.kubernetes.client import json_body as _json_body
 from coordinator.csr_review import Approve, Deny, Requester, is_pending, needs_certificate, review
-from coordinator.kube import KubeUnavailableError, RetryPolicy, _Api, _json_body, describe
 from coordinator.pki import CertificateAuthority
 from gpuwarden_common.certs import SIGNER_NAME, pem_of
 

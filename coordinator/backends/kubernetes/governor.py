@@ -55,16 +55,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry
 
 from coordinator.actuators import ActionResult
 from coordinator.audit import AuditEntry, AuditKind, AuditLog
+from coordinator.backends.kubernetes.contract import EventReason, EventType
+from coordinator.backends.kubernetes.governor_metrics import GovernanceMetrics
+from coordinator.backends.kubernetes.pod_api import EvictOutcome, EvictResult
 from coordinator.governance.decisions import Admit, Fail, Preempt, Requeue
 from coordinator.governance.engine import decide
-from coordinator.governance.observe import class_summaries, team_summaries
+from coordinator.governance.grace import read_grace
 from coordinator.governance.policy import Policy
-from coordinator.governance.requeue import on_node_fault
+from coordinator.governance.requeue import on_admission_timeout, on_node_fault
 from coordinator.governance.tasks import (
     Capacity,
     GovernanceState,
@@ -72,28 +74,28 @@ from coordinator.governance.tasks import (
     Task,
     TaskState,
 )
-from coordinator.kube import EventReason, EventType, EvictOutcome, EvictResult
 from coordinator.pods import (
     ADMISSION_GATE,
     BACKOFF_UNTIL_ANNOTATION,
     PREEMPTIONS_ANNOTATION,
     QUEUED_AT_ANNOTATION,
     REQUEUES_ANNOTATION,
-    TASK_LABEL,
     ObjectRef,
     PodInfo,
     TaskPods,
     format_time,
     group_by_task,
+    outside_governance,
 )
 from coordinator.task_governance import (
     Json,
     classes_json,
+    outside_json,
     tasks_json,
     teams_json,
     unassigned_json,
 )
-from gpuwarden_common.aio import raise_if_cancelled, wait_event
+from gpuwarden_common.aio import raise_if_cancelled, run_together, wait_event
 
 log = structlog.get_logger("coordinator.governance")
 
@@ -101,7 +103,8 @@ PodKey = tuple[str, str]
 
 
 class PodOperations(Protocol):
-    """What the governor needs from the API server (:class:`coordinator.kube.KubePods`)."""
+    """What the governor needs from the API server
+    (:class:`~coordinator.backends.kubernetes.pod_api.KubePods`)."""
 
     async def list_pods(
         self, label_selector: str | None = None, namespace: str | None = None
@@ -181,6 +184,8 @@ class _Memo:
     admission_reason: str = ""
     warned: set[str] = field(default_factory=set)
     """Pods (by uid) already told that their task failed."""
+    grace_told: set[str] = field(default_factory=set)
+    """Pods (by uid) already told that their checkpoint grace was capped or refused."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +237,10 @@ class KubeGovernor:
         self.policy = policy
         self.settings = settings
         self.state = GovernanceState(Capacity.of_nodes({}))
+        self._healthy: dict[str, int] = {}
+        """Healthy GPUs per node as the coordinator's model says; the engine gets them less
+        the GPUs of pods outside governance."""
+        self._outside = outside_governance((), ())
         self._api = pods
         self._audit = audit
         self._clock = clock
@@ -246,7 +255,10 @@ class KubeGovernor:
     # --- TaskGovernance -----------------------------------------------------------------------
 
     def teams(self) -> list[Json]:
-        return teams_json(self.state, self.policy, {})
+        rows = teams_json(self.state, self.policy, {})
+        if self._outside.gpus:
+            rows.append(outside_json(self._outside))
+        return rows
 
     def unassigned(self) -> Json:
         return unassigned_json(self.state, self.policy)
@@ -258,10 +270,19 @@ class KubeGovernor:
         return classes_json(self.state, self.policy, self._clock())
 
     def set_capacity(self, healthy_gpus_by_node: dict[str, int]) -> None:
-        if dict(self.state.capacity.by_node or {}) == healthy_gpus_by_node:
+        if self._healthy == healthy_gpus_by_node:
             return  # told often (every model refresh); only a change is worth a round
-        self.state.capacity = Capacity.of_nodes(healthy_gpus_by_node)
+        self._healthy = dict(healthy_gpus_by_node)
+        self._hand_out()
         self._wake.set()
+
+    def _hand_out(self) -> None:
+        """The capacity the engine hands out: the healthy GPUs less those of pods outside
+        governance (a notebook, a pod without the task label, still takes its GPUs)."""
+        outside = self._outside.by_node
+        self.state.capacity = Capacity.of_nodes(
+            {node: max(0, gpus - outside.get(node, 0)) for node, gpus in self._healthy.items()}
+        )
 
     def set_policy(self, policy: Policy) -> None:
         """Live reload: the next round follows ``policy``. Running tasks are not preempted for
@@ -299,30 +320,33 @@ class KubeGovernor:
     async def run(self) -> None:
         """List, watch and decide until cancelled; a failure lists again after a pause."""
         while True:
+            raise_if_cancelled()
             try:
                 await self._govern()
             except Exception:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
-                    raise  # stopping: a task group may report the stop as other errors
+                    raise  # stopping: the stop may surface as another error
                 log.exception("governance.failed", restart_in_s=self.settings.restart_s)
                 await asyncio.sleep(self.settings.restart_s)
 
     # --- the loop -----------------------------------------------------------------------------
 
     async def _govern(self) -> None:
-        listed, version = await self._api.list_pods(label_selector=TASK_LABEL)
-        self._pods = {pod.key: pod for pod in listed}
+        # Every pod, not only those with the task label: GPU pods outside governance take
+        # GPUs too. Only those and the governed ones are kept.
+        listed, version = await self._api.list_pods()
+        self._pods = {pod.key: pod for pod in listed if _kept(pod)}
         log.info("governance.listed", pods=len(listed), resource_version=version)
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._follow(version, listed), name="governance-watch")
-            group.create_task(self._rounds(), name="governance-rounds")
+        # not a TaskGroup: on Python 3.11 a failed child leaves this task looking cancelled,
+        # and run() would take a watch that ended for a request to stop (gpuwarden_common.aio)
+        await run_together(self._follow(version, listed), self._rounds())
 
     async def _follow(self, version: str, known: list[PodInfo]) -> None:
-        stream = self._api.watch_pods(version, known, label_selector=TASK_LABEL)
+        stream = self._api.watch_pods(version, known)
         try:
             async for change, pod in stream:
-                if change == "DELETED":
+                if change == "DELETED" or not _kept(pod):
                     current = self._pods.get(pod.key)
                     if current is not None and current.uid == pod.uid:
                         del self._pods[pod.key]
@@ -348,12 +372,14 @@ class KubeGovernor:
         """One round: follow the pods, decide, record, act."""
         now = self._clock()
         records: list[AuditEntry] = []
+        self._watch_outside()
         views = group_by_task(self._pods.values())
         for key in sorted(views.keys() | self.state.tasks.keys()):
             try:
                 self._observe(key, views.get(key), now, records)
             except Exception:  # one task's trouble must not stop the others
                 log.exception("governance.observe_failed", task=key)
+        self._time_out_admissions(views, now, records)
         self._decide(views, now, records)
         await self._record(records)
         self._prune()
@@ -361,6 +387,15 @@ class KubeGovernor:
             self._outbox.clear()
             return
         await self._act(views, now)
+
+    def _watch_outside(self) -> None:
+        governed = {team.namespace for team in self.policy.teams}
+        outside = outside_governance(self._pods.values(), governed)
+        moved = outside.by_node != self._outside.by_node
+        self._outside = outside
+        if moved:
+            log.info("governance.outside", gpus=outside.gpus, pods=outside.pods)
+            self._hand_out()
 
     # --- pods -> tasks ------------------------------------------------------------------------
 
@@ -375,6 +410,7 @@ class KubeGovernor:
         if view is None:
             view = TaskPods(task.namespace, task.name, ())
         memo = self._memos.setdefault(key, _Memo())
+        self._tell_grace(view, memo)
         state = task.state
         if state.waiting:
             self._follow_waiting(task, view, memo, now, records)
@@ -540,6 +576,20 @@ class KubeGovernor:
             self.state.remove(task.key)
             self._memos.pop(task.key, None)
 
+    def _tell_grace(self, view: TaskPods, memo: _Memo) -> None:
+        """One warning Event per pod whose checkpoint grace annotation is capped to the
+        policy maximum or refused, saying what is used instead."""
+        for pod in view.pods:
+            if pod.checkpoint_grace_text is None or pod.uid in memo.grace_told or pod.terminal:
+                continue
+            problem = read_grace(pod.checkpoint_grace_text, self.policy.preemption).problem
+            if problem is not None:
+                memo.grace_told.add(pod.uid)
+                log.warning("governance.grace_adjusted", pod=pod.name, problem=problem)
+                self._outbox.append(
+                    _Event(pod, EventReason.CHECKPOINT_GRACE_ADJUSTED, problem, EventType.WARNING)
+                )
+
     def _drop(self, task: Task, now: float, records: list[AuditEntry]) -> None:
         reason = (
             f"dropped: no pods for {self.settings.pods_return_s:g} s; its owner did not "
@@ -589,14 +639,52 @@ class KubeGovernor:
             if waiting is not None and waiting.state.waiting:
                 waiting.reason = why
 
+    def _time_out_admissions(
+        self, views: Mapping[str, TaskPods], now: float, records: list[AuditEntry]
+    ) -> None:
+        """Admitted tasks whose pods are not all running in time are requeued (or failed):
+        counted, audited, their pods removed and told (Kueue's waitForPodsReady)."""
+        admitted = [t for t in self.state.tasks.values() if t.state is TaskState.ADMITTED]
+        for decision in on_admission_timeout(admitted, now, self.policy.requeue):
+            task = self.state.task(decision.task)
+            self.state.apply(decision, now)
+            self._count(decision, task)
+            self._metrics.admission_timeout(self._team(task) or "")
+            limit = (
+                task.max_requeues
+                if task.max_requeues is not None
+                else self.policy.requeue.max_requeues
+            )
+            details: dict[str, Any] = {
+                "cause": "admitted-timeout",
+                "requeues": task.requeue_count,
+                "max_requeues": limit,
+            }
+            if isinstance(decision, Requeue):
+                details["backoff_until"] = decision.backoff_until
+                records.append(self._entry(task, "requeue", decision.reason, details))
+            else:
+                records.append(self._entry(task, "fail", decision.reason, details))
+            view = views.get(task.key)
+            self._remove_timed_out(decision, task, view.occupying if view else ())
+
+    def _remove_timed_out(
+        self, decision: Requeue | Fail, task: Task, pods: Iterable[PodInfo]
+    ) -> None:
+        grace = math.ceil(self.policy.preemption.grace_for(task.checkpoint_grace_s))
+        if isinstance(decision, Requeue):
+            task.pod_gpus = ()  # its owner creates them again, gated
+            message = decision.reason
+        else:
+            message = f"failed, not requeued: {decision.reason}"
+        for pod in pods:
+            self._removals.setdefault(pod.key, _Removal(pod, task.key, grace, "admitted-timeout"))
+            self._outbox.append(_Event(pod, EventReason.TASK_REQUEUED, message, EventType.WARNING))
+
     def _remove_after_fault(
         self, decision: Requeue | Fail, task: Task, view: TaskPods, node: str, now: float
     ) -> None:
-        grace = math.ceil(
-            task.checkpoint_grace_s
-            if task.checkpoint_grace_s is not None
-            else self.policy.preemption.default_grace_seconds
-        )
+        grace = math.ceil(self.policy.preemption.grace_for(task.checkpoint_grace_s))
         if isinstance(decision, Requeue):
             task.pod_gpus = ()
             cause, message = "requeue", decision.reason
@@ -878,6 +966,11 @@ class KubeGovernor:
         return self.state, self.policy, self._clock()
 
 
+def _kept(pod: PodInfo) -> bool:
+    """A pod the governor follows: governed (the task label) or taking GPUs."""
+    return bool(pod.task) or pod.gpus > 0
+
+
 def _record_all(audit: AuditLog, entries: list[AuditEntry]) -> None:
     for entry in entries:
         audit.record(entry)
@@ -900,97 +993,3 @@ def _memory_of(pod: PodInfo) -> dict[str, str | None]:
             format_time(pod.backoff_until) if pod.backoff_until is not None else None
         ),
     }
-
-
-# --- metrics ----------------------------------------------------------------------------------
-
-
-class GovernanceMetrics:
-    """Teams and priority classes on the coordinator's registry, read from the state when
-    scraped (on the event loop, where the state lives), plus counters of what was done."""
-
-    def __init__(
-        self,
-        registry: CollectorRegistry | None,
-        snapshot: Callable[[], tuple[GovernanceState, Policy, float]],
-    ) -> None:
-        self._snapshot = snapshot
-        self._decisions = Counter(
-            "gpuwarden_task_decisions",
-            "Governance decisions by kind (admit, preempt, requeue, fail) and team",
-            ["decision", "team"],
-            registry=registry,
-        )
-        self._pod_actions = Counter(
-            "gpuwarden_pod_actions",
-            "Pod operations of task governance by action and outcome",
-            ["action", "outcome"],
-            registry=registry,
-        )
-        if registry is not None:
-            registry.register(self)
-
-    def decision(self, kind: str, team: str) -> None:
-        self._decisions.labels(kind, team).inc()
-
-    def pod_action(self, action: str, ok: bool) -> None:
-        self._pod_actions.labels(action, "ok" if ok else "failed").inc()
-
-    def describe(self) -> list[Any]:
-        return []  # names are checked at scrape time; nothing to read while registering
-
-    def collect(self) -> Iterator[Any]:
-        state, policy, now = self._snapshot()
-        team_gpus = GaugeMetricFamily(
-            "gpuwarden_team_gpus",
-            "GPUs per team: quota, guarantee (quota scaled to healthy capacity), allocated, "
-            "in_use, borrowed, lent",
-            labels=["team", "kind"],
-        )
-        pending = GaugeMetricFamily(
-            "gpuwarden_team_pending_tasks",
-            "Tasks of the team waiting for admission",
-            labels=["team"],
-        )
-        for team in team_summaries(state, policy):
-            for kind, value in (
-                ("quota", team.quota),
-                ("guarantee", team.guarantee),
-                ("allocated", team.allocated),
-                ("in_use", team.in_use),
-                ("borrowed", team.borrowed),
-                ("lent", team.lent),
-            ):
-                team_gpus.add_metric([team.team, kind], value)
-            pending.add_metric([team.team], team.pending_tasks)
-        class_tasks = GaugeMetricFamily(
-            "gpuwarden_class_tasks",
-            "Tasks per priority class: running, pending, preempted",
-            labels=["priority_class", "state"],
-        )
-        waits = GaugeMetricFamily(
-            "gpuwarden_class_wait_seconds",
-            "Wait for admission per priority class (avg, longest)",
-            labels=["priority_class", "stat"],
-        )
-        runs = GaugeMetricFamily(
-            "gpuwarden_class_run_seconds",
-            "Run time per priority class (avg, longest)",
-            labels=["priority_class", "stat"],
-        )
-        for cls in class_summaries(state, policy, now):
-            name = cls.priority_class
-            class_tasks.add_metric([name, "running"], cls.running)
-            class_tasks.add_metric([name, "pending"], cls.pending)
-            class_tasks.add_metric([name, "preempted"], cls.preempted)
-            waits.add_metric([name, "avg"], cls.avg_wait_s)
-            waits.add_metric([name, "longest"], cls.longest_wait_s)
-            runs.add_metric([name, "avg"], cls.avg_run_s)
-            runs.add_metric([name, "longest"], cls.longest_run_s)
-        by_state = GaugeMetricFamily("gpuwarden_tasks", "Governed tasks by state", labels=["state"])
-        counts = dict.fromkeys(TaskState, 0)
-        for task in state.tasks.values():
-            counts[task.state] += 1
-        for task_state, count in counts.items():
-            by_state.add_metric([task_state.value], count)
-        yield from (team_gpus, pending, class_tasks, waits, runs, by_state)

@@ -1,0 +1,406 @@
+"""Running tasks as preemption candidates, in victim order, as lists the victim search reads.
+
+Two kinds of list: the borrowed tasks of every team (reclaim victims) and a team's own
+tasks (priority victims, ordered a priority level at a time as preemptors reach it). Both
+are read by rank (the place in victim order, which stays as victims are taken) and skip
+dead ranks (taken, or of a team no longer beyond its guarantee) in amortized constant time,
+so many preemptors in one round do not step over the same victims again. Internal to the
+engine.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from itertools import accumulate
+
+from coordinator.governance.books import Book
+from coordinator.governance.ranking import Priorities
+from coordinator.governance.tasks import Task
+
+
+def admitted_at(task: Task) -> float:
+    return task.admitted_at if task.admitted_at is not None else task.queued_at
+
+
+# Not frozen: a frozen dataclass costs several times as much to build (each field goes
+# through object.__setattr__), and a round builds one per candidate task. Nothing changes it.
+@dataclass(slots=True, eq=False)
+class Victim:
+    """A running task as a preemption candidate, with what the choice reads copied out."""
+
+    task: Task
+    key: str
+    book: Book
+    gpus: int
+    effective: int
+    work_lost: float
+    """GPU-seconds since its last checkpoint (or start), as the choice and the decision
+    read them."""
+    rank: int = 0
+    """Place in its list (victim order)."""
+    listed: int = -1
+    """Which list it was made from: -1 for the borrowed tasks, else its team's index."""
+
+
+class CandidateOrder:
+    """Makes running tasks candidates and puts them in DESIGN.md's order after "borrowed
+    first", which is the same for every victim of one list (a list holds either borrowed
+    tasks or a team's own): lower priority, then least work lost (checkpoint-aware), then
+    most recently admitted, then key.
+
+    Kept apart from the round on purpose: a cache holding something that refers back to
+    the round would make a reference cycle, leaving the round's thousands of objects to the
+    cyclic garbage collector instead of freeing them as the round ends."""
+
+    def __init__(self, now: float, *, checkpoint_aware: bool) -> None:
+        self.now = now
+        self.checkpoint_aware = checkpoint_aware
+
+    def victim(self, task: Task, book: Book, effective: int) -> Victim:
+        return Victim(task, task.key, book, task.gpus, effective, task.work_at_risk(self.now))
+
+    def sort(self, victims: list[Victim]) -> None:
+        """The keys are built for the sort only: kept on every victim, they would be a
+        thousand more objects that live through the round (more garbage collections)."""
+        if self.checkpoint_aware:
+            victims.sort(key=_checkpoint_aware_key)
+        else:
+            victims.sort(key=_recent_first_key)
+
+    def order_level(self, tasks: list[Task]) -> tuple[list[Task], list[float]]:
+        """Tasks of one priority level in victim order, with the work each would lose."""
+        now = self.now
+        work = [task.work_at_risk(now) for task in tasks]
+        keys: list[tuple[float, float, str]] | list[tuple[float, str]]
+        if self.checkpoint_aware:
+            keys = [
+                (lost, -admitted_at(task), task.key) for task, lost in zip(tasks, work, strict=True)
+            ]
+        else:
+            keys = [(-admitted_at(task), task.key) for task in tasks]
+        order = sorted(range(len(tasks)), key=keys.__getitem__)
+        return [tasks[index] for index in order], [work[index] for index in order]
+
+
+def _checkpoint_aware_key(victim: Victim) -> tuple[int, float, float, str]:
+    return (victim.effective, victim.work_lost, -admitted_at(victim.task), victim.key)
+
+
+def _recent_first_key(victim: Victim) -> tuple[int, float, str]:
+    return (victim.effective, -admitted_at(victim.task), victim.key)
+
+
+class Levels:
+    """A team's running tasks grouped by effective priority, with the GPUs of each level.
+
+    Both victim orders are by priority first and a round has only a few distinct levels,
+    so the work of ordering tasks is done only for the levels a round reaches."""
+
+    def __init__(self, members: list[Task], priorities: Priorities) -> None:
+        self.tasks: dict[int, list[Task]] = {}
+        self.gpus: dict[int, int] = {}
+        for member, effective in zip(members, priorities.effectives(members), strict=True):
+            level = self.tasks.get(effective)
+            if level is None:
+                self.tasks[effective] = [member]
+                self.gpus[effective] = member.gpus
+            else:
+                level.append(member)
+                self.gpus[effective] += member.gpus
+        self.ascending = sorted(self.tasks)
+
+
+class _Skips:
+    """The next live rank at or after any rank, over ranks that only ever die (a
+    union-find with path halving): stepping over dead ranks costs amortized O(1), however
+    many walks pass them."""
+
+    def __init__(self) -> None:
+        self._next: list[int] = [0]
+        """Per rank, a rank at or after it that was live when last looked at; the last
+        entry stands for the end."""
+
+    def grow(self, size: int) -> None:
+        """Ranks up to ``size`` exist (all live)."""
+        nxt = self._next
+        end = len(nxt) - 1
+        nxt[end] = end
+        nxt.extend(range(end + 1, size + 1))
+
+    def kill(self, rank: int) -> None:
+        self._next[rank] = rank + 1
+
+    def find(self, rank: int) -> int:
+        nxt = self._next
+        if nxt[rank] == rank:
+            return rank
+        while nxt[rank] != rank:
+            nxt[rank] = nxt[nxt[rank]]
+            rank = nxt[rank]
+        return rank
+
+    def rebuild(self, dead: list[bool]) -> None:
+        """From scratch, for a rank that lives again (rare: a team back beyond its
+        guarantee within the round)."""
+        size = len(dead)
+        nxt = list(range(size + 1))
+        for rank in range(size - 1, -1, -1):
+            if dead[rank]:
+                nxt[rank] = nxt[rank + 1]
+        self._next = nxt
+
+
+class CandidateList:
+    """Candidates in victim order, read by rank, dead ones skipped; and, built when first
+    asked for (many rounds never ask), where each one's GPUs are and what of them is still
+    alive on each node."""
+
+    def __init__(self, taken: set[str], key: int) -> None:
+        self._taken = taken
+        """Keys of the victims taken this round, in any list (a task can be in two: borrowed,
+        and in its own team's list)."""
+        self.key = key
+        """Which list: -1 for the borrowed tasks, else the team's index."""
+        self.tasks: list[Task] = []
+        self.dead: list[bool] = []
+        self._rank_of: dict[str, int] | None = None
+        self._on_node: dict[str, list[int]] | None = None
+        self._alive_on: dict[str, int] = {}
+        self._skips = _Skips()
+
+    def ranked(self) -> int:
+        return len(self.tasks)
+
+    def build_next_level(self, below: int) -> bool:
+        """Orders more candidates, of priority below ``below``; False when there are none."""
+        return False
+
+    def victim_at(self, rank: int) -> Victim:
+        raise NotImplementedError
+
+    def next_alive(self, rank: int) -> int:
+        """The first live rank at or after ``rank`` among those ordered (``ranked()`` when
+        there is none)."""
+        return self._skips.find(rank)
+
+    def walk(self, rank: int, below: int) -> Iterator[int]:
+        """Live ranks from ``rank`` on, ordering more of the list (below priority
+        ``below``) as it is reached."""
+        find = self._skips.find
+        tasks = self.tasks
+        while True:
+            rank = find(rank)
+            if rank < len(tasks):
+                yield rank
+                rank += 1
+            elif not self.build_next_level(below):
+                return
+
+    def rank_of(self, key: str) -> int | None:
+        ranks = self._rank_of
+        if ranks is None:
+            ranks = self._rank_of = {task.key: rank for rank, task in enumerate(self.tasks)}
+        return ranks.get(key)
+
+    @property
+    def on_node(self) -> Mapping[str, list[int]]:
+        """Ranks of the candidates with GPUs on each node, in order."""
+        if self._on_node is None:
+            self._on_node = {}
+            self._index_nodes(0)
+        return self._on_node
+
+    @property
+    def alive_on(self) -> Mapping[str, int]:
+        """GPUs of the live candidates on each node (a view, kept current)."""
+        if self._on_node is None:
+            self._on_node = {}
+            self._index_nodes(0)
+        return self._alive_on
+
+    def kill(self, rank: int) -> list[str]:
+        """The candidate is taken (or its team no longer lends it): skipped from now on.
+        Returns its nodes, whose room changed (none while nodes are not indexed)."""
+        if self.dead[rank]:
+            return []
+        self.dead[rank] = True
+        self._skips.kill(rank)
+        return self._count(rank, -1)
+
+    def _revive(self, rank: int) -> list[str]:
+        """The inverse of :meth:`kill`, for a rank not taken; :meth:`_reindex` once after."""
+        if not self.dead[rank] or self.tasks[rank].key in self._taken:
+            return []
+        self.dead[rank] = False
+        return self._count(rank, 1)
+
+    def _reindex(self) -> None:
+        self._skips.rebuild(self.dead)
+
+    def _append(self, tasks: list[Task]) -> None:
+        start = len(self.tasks)
+        self.tasks.extend(tasks)
+        self.dead.extend([False] * len(tasks))
+        self._skips.grow(len(self.tasks))
+        ranks = self._rank_of
+        taken = self._taken
+        for rank, task in enumerate(tasks, start):
+            if ranks is not None:
+                ranks[task.key] = rank
+            if task.key in taken:
+                self.dead[rank] = True
+                self._skips.kill(rank)
+        if self._on_node is not None:
+            self._index_nodes(start)
+
+    def _index_nodes(self, start: int) -> None:
+        on_node, alive_on, tasks, dead = self._on_node, self._alive_on, self.tasks, self.dead
+        assert on_node is not None
+        for rank in range(start, len(tasks)):
+            for node, gpus in tasks[rank].placement.items():
+                if gpus > 0:
+                    on_node.setdefault(node, []).append(rank)
+                    if not dead[rank]:
+                        alive_on[node] = alive_on.get(node, 0) + gpus
+
+    def _count(self, rank: int, sign: int) -> list[str]:
+        if self._on_node is None:
+            return []
+        nodes = []
+        alive_on = self._alive_on
+        for node, gpus in self.tasks[rank].placement.items():
+            if gpus > 0:
+                alive_on[node] = alive_on.get(node, 0) + sign * gpus
+                nodes.append(node)
+        return nodes
+
+
+class BorrowedVictims(CandidateList):
+    """The borrowed tasks of every team, ordered across teams, all at once (a team's tasks
+    fill its guarantee highest priority first; those past it are borrowed)."""
+
+    def __init__(
+        self, books: list[Book], order: CandidateOrder, levels_of: list[Levels], taken: set[str]
+    ) -> None:
+        super().__init__(taken, -1)
+        victims: list[Victim] = []
+        for book, levels in zip(books, levels_of, strict=True):
+            if book.borrowed > 0:
+                victims.extend(_borrowed_victims(book, levels, order))
+        order.sort(victims)
+        for rank, victim in enumerate(victims):
+            victim.rank = rank
+        self._victims = victims
+        self._append([victim.task for victim in victims])
+
+    def victim_at(self, rank: int) -> Victim:
+        return self._victims[rank]
+
+    def lend(self, book: Book, beyond: bool) -> list[str]:
+        """The team moved across its guarantee: its borrowed tasks are reclaimable again
+        (``beyond``) or no longer. Returns the nodes whose room changed."""
+        nodes: list[str] = []
+        ranks = [victim.rank for victim in self._victims if victim.book is book]
+        if beyond:
+            for rank in ranks:
+                nodes.extend(self._revive(rank))
+            self._reindex()
+        else:
+            for rank in ranks:
+                nodes.extend(self.kill(rank))
+        return nodes
+
+
+def _borrowed_victims(book: Book, levels: Levels, order: CandidateOrder) -> list[Victim]:
+    """Whole priority levels fill the guarantee at once; only the level that crosses it is
+    ordered task by task, and every level below it is borrowed whole."""
+    victims: list[Victim] = []
+    filled = 0
+    for effective in reversed(levels.ascending):
+        members = levels.tasks[effective]
+        if filled > book.guarantee:
+            victims.extend(order.victim(member, book, effective) for member in members)
+        elif filled + levels.gpus[effective] <= book.guarantee:
+            filled += levels.gpus[effective]
+        else:
+            for member in sorted(members, key=_admitted_then_key):
+                filled += member.gpus
+                if filled > book.guarantee:
+                    victims.append(order.victim(member, book, effective))
+    return victims
+
+
+def _admitted_then_key(task: Task) -> tuple[float, str]:
+    return (admitted_at(task), task.key)
+
+
+class OwnVictims(CandidateList):
+    """A team's tasks in victim order (lowest priority first), ordered a level at a time as
+    preemptors reach it (a preemptor stops at its own class weight, so the levels above
+    are usually never ordered), with the GPUs below any priority for a quick bound.
+
+    A task is made a candidate (:class:`Victim`) only when a preemptor looks at it: most
+    are not, and one object for each would be a thousand more that live through the round,
+    and more garbage collections."""
+
+    def __init__(self, levels: Levels, book: Book, order: CandidateOrder, taken: set[str]) -> None:
+        super().__init__(taken, book.index)
+        self._levels = levels
+        self._book = book
+        self._order = order
+        self._built = 0
+        self._effective: list[int] = []
+        self._work: list[float] = []
+        self._made: dict[int, Victim] = {}
+        self._cumulative = list(
+            accumulate((levels.gpus[level] for level in levels.ascending), initial=0)
+        )
+        self._counts = list(
+            accumulate((len(levels.tasks[level]) for level in levels.ascending), initial=0)
+        )
+
+    def gpus_below(self, priority: int) -> int:
+        """GPUs of the team's tasks below ``priority``, taken ones included."""
+        return self._cumulative[bisect.bisect_left(self._levels.ascending, priority)]
+
+    def ranks_below(self, priority: int) -> int:
+        """How many of its tasks are below ``priority``: the ranks a preemptor of that
+        class weight may take, once ordered."""
+        return self._counts[bisect.bisect_left(self._levels.ascending, priority)]
+
+    def victim_at(self, rank: int) -> Victim:
+        victim = self._made.get(rank)
+        if victim is None:
+            task = self.tasks[rank]
+            victim = self._made[rank] = Victim(
+                task,
+                task.key,
+                self._book,
+                task.gpus,
+                self._effective[rank],
+                self._work[rank],
+                rank,
+                self.key,
+            )
+        return victim
+
+    def kill(self, rank: int) -> list[str]:
+        self._made.pop(rank, None)  # taken: it need not live on
+        return super().kill(rank)
+
+    def build_next_level(self, below: int) -> bool:
+        """Orders the next priority level's tasks after those ordered, if it is below
+        priority ``below`` (no preemptor takes a task of its own priority or above);
+        False when none is."""
+        ascending = self._levels.ascending
+        if self._built == len(ascending) or ascending[self._built] >= below:
+            return False
+        level = ascending[self._built]
+        tasks, work = self._order.order_level(self._levels.tasks[level])
+        self._work.extend(work)
+        self._effective.extend([level] * len(tasks))
+        self._append(tasks)
+        self._built += 1
+        return True
