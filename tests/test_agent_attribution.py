@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent.daemon import Agent
 from agent.settings import AgentSettings, parse_settings
 from agent.sim.fake_pynvml import FakeNvml
 from agent.sim.fake_usage import FakeProcess
+from agent.sim.workloads import MAX_WORKERS
 from gpuwarden_common.wire import Attribution, OwnerKind, StateMessage
 from tests.proc_tree import make_proc_tree
 
@@ -118,3 +121,8 @@ async def test_a_simulated_node_reads_a_proc_tree_named_other_than_proc(tmp_path
     state = await one_state(settings("--gpu-backend", "sim", "--proc-root", str(tmp_path)), fake)
 
     assert [o.kind for o in state.gpus[0].owners] == [OwnerKind.SLURM_JOB]
+
+
+def test_more_workers_per_gpu_than_a_simulated_gpu_has_pids_for_is_refused() -> None:
+    with pytest.raises(ValueError, match="workers per GPU"):
+        FakeNvml(gpus=1, processes_per_gpu=MAX_WORKERS + 1)
