@@ -42,7 +42,14 @@ def nvml_backend(settings: AgentSettings) -> tuple[Any, Any]:
     from agent.sim.fake_pynvml import FakeNvml  # noqa: PLC0415
     from agent.sim.scenario import ScenarioError, ScenarioPlayer, load_scenario  # noqa: PLC0415
 
-    fake = FakeNvml(gpus=settings.sim_gpus, seed=settings.node)
+    try:
+        fake = FakeNvml(
+            gpus=settings.sim_gpus,
+            seed=settings.node,
+            processes_per_gpu=settings.sim_processes_per_gpu,
+        )
+    except ValueError as exc:
+        raise StartupError(f"--sim-processes-per-gpu: {exc}") from None
     player = None
     if settings.sim_scenario is not None:
         try:

@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -24,6 +25,7 @@ from agent.host import collect_host
 from agent.kmsg import KmsgFollower
 from agent.metrics import AgentMetrics
 from agent.nvml_collector import GpuCollector
+from agent.proc_owners import ProcDir, ProcSource
 from agent.publisher import Publisher, Stamp
 from agent.sample import BusFault, CollectError, NodeSample, XidEvent
 from agent.settings import AgentSettings
@@ -61,6 +63,21 @@ class CollectDeadline:
     collect_s: float = 20.0
 
 
+def proc_source(settings: AgentSettings, nvml: Any) -> ProcSource | None:
+    """Where GPU processes' cgroups are read: ``--proc-root``; None when off. A simulated
+    node's /proc is the simulator's own (its processes exist nowhere else), unless
+    ``--proc-root`` names another tree (the benchmarks give it cgroup files on disk)."""
+    if settings.proc_root is None:
+        return None
+    if settings.gpu_backend == "sim" and settings.proc_root == Path("/proc"):
+        from agent.sim.fake_proc import FakeProc  # noqa: PLC0415 - the sim backend only
+
+        simulated = getattr(nvml, "proc", None)
+        if isinstance(simulated, FakeProc):
+            return simulated
+    return ProcDir(settings.proc_root)
+
+
 class Agent:
     def __init__(
         self,
@@ -74,7 +91,9 @@ class Agent:
         self.settings = settings
         self.metrics = metrics or AgentMetrics()
         self.stamp = Stamp(settings.cluster, settings.node, boot_id)
-        self.collector = GpuCollector(nvml, expected_gpus=settings.expected_gpus)
+        self.collector = GpuCollector(
+            nvml, expected_gpus=settings.expected_gpus, proc=proc_source(settings, nvml)
+        )
         self._nvml = nvml
         self._deadline = deadline
         self._table = XidTable.load(settings.xid_table)
@@ -263,6 +282,7 @@ class Agent:
             gpus=list(verdict.gpus),
             host=host,
             findings=list(verdict.findings),
+            attribution=self.collector.attribution,
         )
         self.metrics.observe_gpus(state.gpus, state.health)
         self.last_sample_ts = sample.ts

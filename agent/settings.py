@@ -35,10 +35,13 @@ class AgentSettings:
     event_ack_timeout_s: float
     gpu_backend: str
     sim_gpus: int
+    sim_processes_per_gpu: int
     sim_scenario: Path | None
     xid_table: Path | None
     xid_history: Path | None
     kmsg_path: Path | None
+    # the host's /proc, where each GPU process's cgroup names its owner; None: attribution off
+    proc_root: Path | None
     expected_gpus: int | None
     instance_type: str | None
     disk_path: str
@@ -108,6 +111,11 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--gpu-backend", default=e("GPU_BACKEND", "nvml"), choices=["nvml", "sim"])
     p.add_argument("--sim-gpus", default=e("SIM_GPUS", "8"))
     p.add_argument(
+        "--sim-processes-per-gpu",
+        default=e("SIM_PROCESSES_PER_GPU", "1"),
+        help="worker processes of each simulated pod on each of its GPUs (default %(default)s)",
+    )
+    p.add_argument(
         "--sim-scenario",
         default=e("SIM_SCENARIO"),
         help="YAML list of {at, gpu, fault[, xid]} steps for the sim backend",
@@ -123,6 +131,12 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--kmsg",
         default=e("KMSG", "/dev/kmsg"),
         help="kernel log to follow for NVRM Xid lines, or off",
+    )
+    p.add_argument(
+        "--proc-root",
+        default=e("PROC_ROOT", "/proc"),
+        help="the host's /proc, read to attribute each GPU process to its pod, Slurm job or "
+        "the host (in a container: needs hostPID), or off (default %(default)s)",
     )
     p.add_argument(
         "--expected-gpus",
@@ -203,10 +217,14 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> AgentSettings
         event_ack_timeout_s=positive(args.event_ack_timeout, "--event-ack-timeout"),
         gpu_backend=args.gpu_backend,
         sim_gpus=int(positive(args.sim_gpus, "--sim-gpus", integer=True)),
+        sim_processes_per_gpu=int(
+            positive(args.sim_processes_per_gpu, "--sim-processes-per-gpu", integer=True)
+        ),
         sim_scenario=Path(args.sim_scenario) if args.sim_scenario else None,
         xid_table=Path(args.xid_table) if args.xid_table else None,
         xid_history=history,
         kmsg_path=None if args.kmsg in {"", "off"} else Path(args.kmsg),
+        proc_root=None if args.proc_root in {"", "off"} else Path(args.proc_root),
         expected_gpus=(
             int(positive(args.expected_gpus, "--expected-gpus", integer=True))
             if args.expected_gpus

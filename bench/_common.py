@@ -39,6 +39,7 @@ from gpuwarden_common.wire import (
     node_topic,
 )
 from tests.brokers import Mosquitto, running_mosquitto
+from tests.proc_tree import make_proc_tree
 
 CLUSTER = "bench"
 SUBSCRIBE_TIMEOUT_S = 10.0
@@ -74,6 +75,16 @@ def progress(total: int, line: Callable[[int], str], parts: int = 4) -> Callable
             print(line(done), flush=True)
 
     return report
+
+
+def sim_proc_tree(root: Path, gpus: int, seed: str, workers: int) -> list[int]:
+    """A /proc tree on disk with the cgroup file of every process a simulated node (``seed``)
+    runs with ``workers`` per GPU, as ``--proc-root`` reads it; the pids, in GPU order."""
+    from agent.sim.workloads import demo_processes  # noqa: PLC0415 - only the agent benches
+
+    processes = [p for i in range(gpus) for p in demo_processes(i, seed, workers)]
+    make_proc_tree(root, {p.pid: p.cgroup for p in processes})
+    return [p.pid for p in processes]
 
 
 # --- the product's logs ------------------------------------------------------------------------

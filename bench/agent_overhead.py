@@ -1,11 +1,17 @@
 """What the agent costs a GPU node in steady state: CPU share and resident memory.
 
-    python bench/agent_overhead.py [--seconds 75] [--gpus 8]
+    python bench/agent_overhead.py [--seconds 75] [--gpus 8] [--procs-per-gpu 4]
+                                   [--attribution on|off]
 
 Starts a private Mosquitto and the real agent process (``python -m agent``) in sim mode with
 8 GPUs, the default 10 s interval, its HTTP endpoint on, and a disk spool, as the shipped
-images run it. While it runs, this script plays the node's other visitors: a Prometheus
-scrape of ``/metrics`` every 15 s and a liveness probe of ``/healthz`` every 10 s. After a
+images run it. Attribution is on: each simulated pod runs ``--procs-per-gpu`` worker
+processes per GPU, and the agent reads their cgroup files from a /proc tree this script
+writes (``--proc-root``), as it reads the host's /proc on a node; ``--attribution off``
+runs the same with ``--proc-root off``, for comparison.
+
+While it runs, this script plays the node's other visitors: a Prometheus scrape of
+``/metrics`` every 15 s and a liveness probe of ``/healthz`` every 10 s. After a
 warm-up (startup, imports and the first snapshots are not steady state) it samples the
 process's CPU time and RSS with psutil every 5 s.
 
@@ -29,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import psutil
 
-from bench._common import scratch_broker
+from bench._common import scratch_broker, sim_proc_tree
 from tests.agent_process import agent_process
 from tests.brokers import free_port
 
@@ -40,6 +46,7 @@ SAMPLE_EVERY_S = 5.0
 SCRAPE_EVERY_S = 15.0
 PROBE_EVERY_S = 10.0
 WARMUP_S = 15.0
+NODE = "bench-node"  # also the simulated node's seed: its pods' uids and pids
 
 
 @dataclass(frozen=True)
@@ -109,13 +116,22 @@ def measure(args: argparse.Namespace, http_port: int) -> tuple[list[Reading], in
         agent_flags = [
             "--interval", "10", "--http", f"127.0.0.1:{http_port}",
             "--spool", str(tmp / "spool"), "--sim-gpus", str(args.gpus),
+            "--sim-processes-per-gpu", str(args.procs_per_gpu),
         ]  # fmt: skip
-        with agent_process(broker.url, "bench-node", *agent_flags, tmp=tmp) as child:
+        attribution = "off"
+        if args.attribution == "on":
+            pids = sim_proc_tree(tmp / "proc", args.gpus, NODE, args.procs_per_gpu)
+            agent_flags += ["--proc-root", str(tmp / "proc")]
+            attribution = f"on, {len(pids)} GPU processes' cgroups read from {tmp / 'proc'}"
+        else:
+            agent_flags += ["--proc-root", "off"]
+        with agent_process(broker.url, NODE, *agent_flags, tmp=tmp) as child:
             proc = psutil.Process(child.pid)
             wait_healthy(f"{base}/healthz")
             print(
-                f"agent pid {child.pid}: {args.gpus} simulated GPUs, 10 s interval, HTTP on; "
-                f"warming up {WARMUP_S:g}s, then {args.seconds:g}s measured",
+                f"agent pid {child.pid}: {args.gpus} simulated GPUs, 10 s interval, HTTP on, "
+                f"attribution {attribution}; warming up {WARMUP_S:g}s, then {args.seconds:g}s "
+                "measured",
                 flush=True,
             )
             time.sleep(WARMUP_S)
@@ -130,6 +146,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=75.0)
     parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument(
+        "--procs-per-gpu", type=int, default=4, help="worker processes per GPU of each pod"
+    )
+    parser.add_argument("--attribution", choices=["on", "off"], default="on")
     args = parser.parse_args()
     readings, page, uss = measure(args, free_port())
     first, last = readings[0], readings[-1]

@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
 from coordinator.actuators import NodeFacts
 from coordinator.findings import SeenFinding, after_event, after_report
@@ -56,6 +55,7 @@ from gpuwarden_common.wire import (
     EventKind,
     EventMessage,
     GpuDigest,
+    GpuOwner,
     StateDigest,
     StatusMessage,
 )
@@ -76,7 +76,7 @@ class GpuView:
     memory_used_bytes: int | None
     memory_total_bytes: int | None
     pids: tuple[int, ...]
-    owners: tuple[Any, ...] = ()
+    owners: tuple[GpuOwner, ...] = ()
     """Who the GPU's processes belong to (the wire's ``GpuOwner``, from agents with
     attribution), as sent: the ledger reads them, the ingest path only keeps them."""
 
@@ -101,7 +101,7 @@ class GpuView:
             memory_total_bytes=gpu.memory_total_bytes,
             pids=tuple(p.pid for p in gpu.processes),
             # absent from the wire schema before attribution: an older agent sends none
-            owners=tuple(getattr(gpu, "owners", ())),
+            owners=tuple(gpu.owners),
         )
 
 

@@ -148,6 +148,59 @@ class GpuProcess(_Struct, frozen=True, kw_only=True):
     name: Annotated[str, Meta(max_length=256)] | None = None
 
 
+class OwnerKind(StrEnum):
+    """Who a GPU's work belongs to (``GpuOwner.kind``).
+
+    The wire field is a plain string, not this enum, so that a kind added later reaches an
+    older coordinator as an unknown string (to be treated as ``unknown``) instead of making
+    it reject the whole state message.
+    """
+
+    K8S_POD = "k8s-pod"  # pod_uid, and container_id when the process is in a container
+    SLURM_JOB = "slurm-job"  # slurm_job_id
+    CONTAINER = "container"  # a container outside Kubernetes (docker, podman): container_id
+    HOST = "host"  # a cgroup that is none of the above: a login session, a system service
+    UNKNOWN = "unknown"  # the agent could not tell (no /proc entry, attribution off)
+
+
+class UtilizationSource(StrEnum):
+    """Where ``GpuState.utilization_*_pct`` came from (a plain string on the wire, as above)."""
+
+    SAMPLES = "samples"  # NVML's samples since the previous read, averaged (DCGM's way)
+    INSTANT = "instant"  # nvmlDeviceGetUtilizationRates: NVML's latest sample period only
+
+
+class Attribution(StrEnum):
+    """How the agent attributes GPU work on this node (``StateMessage.attribution``)."""
+
+    CGROUP = "cgroup"  # from /proc/<pid>/cgroup of each process NVML reports
+    OFF = "off"  # disabled (--proc-root off): every owner is unknown
+    # the agent runs in another PID namespace than the host's, where NVML's PIDs mean
+    # other processes or none (a container without hostPID): every owner is unknown
+    NO_HOST_PID = "no-host-pid"
+
+
+class GpuOwner(_Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One workload on a GPU: the processes NVML reports, grouped by the cgroup they run in.
+
+    The agent reads owners from cgroup paths, which carry a pod's UID but never its namespace
+    or name: the coordinator maps ``pod_uid`` to the pod through the Kubernetes API.
+    Figures cover this owner's processes on this GPU only; ``None`` means "not readable".
+    Fields left at their default are not sent.
+    """
+
+    kind: Short  # an OwnerKind value
+    pod_uid: Short | None = None
+    container_id: Annotated[str, Meta(max_length=128)] | None = None
+    slurm_job_id: Count | None = None
+    pids: Annotated[list[Count], Meta(max_length=1024)] = field(default_factory=list)
+    used_memory_bytes: Count | None = None
+    # NVML's per-process SM and memory-controller utilization since the previous read,
+    # summed over the pids (capped at 100); None where the GPU gives no per-process figures
+    sm_util_pct: Annotated[float, Meta(ge=0, le=100)] | None = None
+    memory_util_pct: Annotated[float, Meta(ge=0, le=100)] | None = None
+
+
 class GpuState(_Struct, frozen=True, kw_only=True):
     """One GPU as the agent last saw it. ``None`` means "not readable on this GPU"."""
 
@@ -159,8 +212,12 @@ class GpuState(_Struct, frozen=True, kw_only=True):
     health: Health = Health.UNKNOWN
     action: Action = Action.NONE
     lost: bool = False
+    # averaged over the interval where NVML keeps samples (see utilization_source)
     utilization_gpu_pct: float | None = None
     utilization_memory_pct: float | None = None
+    utilization_source: Short | None = None  # a UtilizationSource value; None: not read
+    # seconds from the oldest to the newest sample averaged (source "samples" only)
+    utilization_window_s: Annotated[float, Meta(ge=0)] | None = None
     memory_used_bytes: int | None = None
     memory_total_bytes: int | None = None
     temperature_c: float | None = None
@@ -176,6 +233,8 @@ class GpuState(_Struct, frozen=True, kw_only=True):
     pcie: Pcie = field(default_factory=Pcie)
     nvlink: NvLink = field(default_factory=NvLink)
     processes: Annotated[list[GpuProcess], Meta(max_length=1024)] = field(default_factory=list)
+    # the same processes grouped by workload; empty when no process runs
+    owners: Annotated[list[GpuOwner], Meta(max_length=1024)] = field(default_factory=list)
 
 
 class HostState(_Struct, frozen=True, kw_only=True):
@@ -207,6 +266,7 @@ class StateMessage(_Message, frozen=True, kw_only=True):
     gpus: Annotated[list[GpuState], Meta(max_length=1024)]
     host: HostState
     findings: Annotated[list[Finding], Meta(max_length=4096)] = field(default_factory=list)
+    attribution: Short | None = None  # an Attribution value; None from agents before it
 
 
 # --- what the coordinator reads of a state ------------------------------------------------
@@ -232,6 +292,7 @@ class GpuDigest(_Struct, frozen=True, kw_only=True):
     processes: Annotated[list[ProcessDigest], Meta(max_length=1024)] = field(
         default_factory=list
     )
+    owners: Annotated[list[GpuOwner], Meta(max_length=1024)] = field(default_factory=list)
 
 
 class StateDigest(_Message, frozen=True, kw_only=True):
@@ -246,6 +307,7 @@ class StateDigest(_Message, frozen=True, kw_only=True):
     action: Action
     gpus: Annotated[list[GpuDigest], Meta(max_length=1024)]
     findings: Annotated[list[Finding], Meta(max_length=4096)] = field(default_factory=list)
+    attribution: Short | None = None
 
 
 class EventKind(StrEnum):

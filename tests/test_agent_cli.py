@@ -38,6 +38,8 @@ def test_once_prints_a_state_message_that_the_coordinator_accepts() -> None:
     assert isinstance(msg, StateDigest)  # what the coordinator reads of it
     assert len(msg.gpus) == 8 and msg.health.value == "healthy"
     assert len(decode_state(done.stdout.strip()).gpus) == 8  # and every reading is valid
+    # the simulated node's pods, attributed through its simulated /proc
+    assert msg.attribution == "cgroup" and all(g.owners for g in msg.gpus)
 
 
 def test_a_bad_broker_url_is_refused_with_an_example() -> None:

@@ -726,3 +726,11 @@ def test_label_values_the_queries_match_are_values_the_code_produces() -> None:
                     assert value in service_names, query
                 else:
                     assert value in literals, f"{label}={value!r} in {query}"
+
+
+def test_agent_shares_the_hosts_pid_namespace_to_attribute_gpu_processes() -> None:
+    # NVML's pids are the host's: /proc/<pid>/cgroup names their pods only in its namespace
+    c = container(AGENT, "agent")
+    settings = parse_agent_settings([], literal_env(c, {"NODE_NAME": "gpu-node-7"}))
+    assert AGENT["spec"]["template"]["spec"]["hostPID"] is True
+    assert settings.proc_root == Path("/proc")

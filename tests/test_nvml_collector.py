@@ -269,10 +269,10 @@ def test_a_lost_gpu_reads_again_after_it_comes_back(
 
 
 def test_reset_required_also_means_lost(fake: FakeNvml, collector: GpuCollector) -> None:
-    def reset_required(handle: Any) -> Any:
+    def reset_required(handle: Any, sensor: int) -> Any:
         raise pynvml.NVMLError(pynvml.NVML_ERROR_RESET_REQUIRED)
 
-    fake.nvmlDeviceGetUtilizationRates = reset_required  # type: ignore[method-assign]
+    fake.nvmlDeviceGetTemperature = reset_required  # type: ignore[method-assign]
 
     states, _ = collector.collect()
 
@@ -431,14 +431,14 @@ def test_a_second_collect_while_one_is_stuck_in_the_driver_is_refused(
     fake: FakeNvml, collector: GpuCollector
 ) -> None:
     entered, release = threading.Event(), threading.Event()
-    real = fake.nvmlDeviceGetUtilizationRates
+    real = fake.nvmlDeviceGetTemperature
 
-    def hang(handle: Any) -> Any:
+    def hang(handle: Any, sensor: int) -> Any:
         entered.set()
         release.wait(10)
-        return real(handle)
+        return real(handle, sensor)
 
-    fake.nvmlDeviceGetUtilizationRates = hang  # type: ignore[method-assign]
+    fake.nvmlDeviceGetTemperature = hang  # type: ignore[method-assign]
     stuck = threading.Thread(target=collector.collect)
     stuck.start()
     try:

@@ -8,17 +8,21 @@ import pytest
 from gpuwarden_common.health import Action, Health, Severity
 from gpuwarden_common.wire import (
     MAX_PAYLOAD_BYTES,
+    Attribution,
     EventKind,
     EventMessage,
     GpuDigest,
+    GpuOwner,
     GpuProcess,
     GpuState,
     HostState,
     Kind,
+    OwnerKind,
     ProcessDigest,
     StateDigest,
     StateMessage,
     StatusMessage,
+    UtilizationSource,
     WireError,
     decode,
     decode_state,
@@ -132,4 +136,78 @@ def test_topics_outside_the_agent_contract_are_rejected(topic: str) -> None:
 def test_node_names_with_mqtt_wildcards_are_invalid() -> None:
     with pytest.raises(WireError) as err:
         decode("gpuwarden/v1/c1/nodes/gpu+1/state", encode(_state(node="gpu+1")))
+    assert err.value.reason == "invalid"
+
+
+# -- workload attribution: additive fields an older coordinator ignores ----------------------
+
+POD_UID = "5f0b6a1e-8c3d-4b2a-9e7f-0123456789ab"
+
+
+def _attributed_state() -> StateMessage:
+    owner = GpuOwner(
+        kind=OwnerKind.K8S_POD,
+        pod_uid=POD_UID,
+        container_id="ab" * 32,
+        pids=[4100, 4101],
+        used_memory_bytes=40 * 2**30,
+        sm_util_pct=87.5,
+        memory_util_pct=41.0,
+    )
+    gpu = GpuState(
+        index=0,
+        uuid="GPU-0",
+        utilization_gpu_pct=88.0,
+        utilization_source=UtilizationSource.SAMPLES,
+        utilization_window_s=9.8,
+        owners=[owner, GpuOwner(kind=OwnerKind.HOST, pids=[77])],
+    )
+    return msgspec.structs.replace(_state(), gpus=[gpu], attribution=Attribution.CGROUP)
+
+
+def test_a_state_with_owners_round_trips() -> None:
+    msg = _attributed_state()
+
+    assert decode(node_topic("c1", "gpu-1", Kind.STATE), encode(msg)) == msg
+
+
+def test_owner_fields_left_at_their_default_are_not_sent() -> None:
+    payload = json.loads(encode(GpuOwner(kind=OwnerKind.HOST, pids=[77])))
+
+    assert payload == {"kind": "host", "pids": [77]}
+
+
+def test_a_state_from_an_agent_that_predates_owners_still_decodes() -> None:
+    payload = json.loads(encode(_attributed_state()))
+    payload.pop("attribution")
+    for gpu in payload["gpus"]:
+        for key in ("owners", "utilization_source", "utilization_window_s"):
+            gpu.pop(key)
+
+    msg = decode(node_topic("c1", "gpu-1", Kind.STATE), json.dumps(payload).encode())
+
+    assert isinstance(msg, StateMessage)
+    assert msg.attribution is None
+    assert msg.gpus[0].owners == [] and msg.gpus[0].utilization_source is None
+
+
+def test_fields_and_owner_kinds_added_by_a_later_agent_do_not_reject_the_state() -> None:
+    payload = json.loads(encode(_attributed_state()))
+    payload["a_field_from_the_future"] = 1
+    payload["gpus"][0]["a_field_from_the_future"] = 1
+    payload["gpus"][0]["owners"][0]["a_field_from_the_future"] = 1
+    payload["gpus"][0]["owners"][0]["kind"] = "vm"
+
+    msg = decode(node_topic("c1", "gpu-1", Kind.STATE), json.dumps(payload).encode())
+
+    assert isinstance(msg, StateMessage)
+    assert msg.gpus[0].owners[0].kind == "vm"
+
+
+def test_an_owner_with_more_pids_than_the_bound_is_invalid() -> None:
+    payload = json.loads(encode(_attributed_state()))
+    payload["gpus"][0]["owners"][0]["pids"] = list(range(1025))
+
+    with pytest.raises(WireError) as err:
+        decode(node_topic("c1", "gpu-1", Kind.STATE), json.dumps(payload).encode())
     assert err.value.reason == "invalid"

@@ -6,13 +6,15 @@ pynvml ctypes structures where they carry no driver pointers), and every constan
 ``NVMLError_*`` class it exposes *is* pynvml's, so ``except nvml.NVMLError_GpuIsLost`` catches
 the same thing on both. Functions it does not simulate are absent, as on an old binding.
 
+Workloads are scripted too: processes start and end (each with the cgroup its /proc entry
+shows, kept in :attr:`FakeNvml.proc`) and a GPU's load can be set from a moment on; NVML's
+utilization sample buffers are made from that load (:mod:`agent.sim.fake_usage`).
+
 Thread-safe: faults may be injected from any thread while the collector and watcher read.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import threading
 import time
 from collections import Counter, deque
@@ -21,6 +23,31 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import pynvml
+
+from agent.sim.fake_gpu import (
+    DRIVER_VERSION,
+    MEM_CLOCK_MHZ,
+    MEMORY_TOTAL_BYTES,
+    MODEL_NAME,
+    NVLINKS_PER_GPU,
+    PCIE_GEN,
+    PCIE_WIDTH,
+    POWER_LIMIT_MW,
+    SM_CLOCK_MHZ,
+    SM_CLOCK_THROTTLED_MHZ,
+    FakeGpu,
+    FakeHandle,
+    field_value,
+    make_gpu,
+)
+from agent.sim.fake_proc import FakeProc
+from agent.sim.fake_usage import (
+    FakeProcess,
+    SampleClock,
+    process_samples,
+    utilization_samples,
+)
+from agent.sim.workloads import demo_processes
 
 FAULT_KINDS: Final = (
     "xid",
@@ -32,31 +59,11 @@ FAULT_KINDS: Final = (
     "nvlink_down",
     "clear",
 )
-
-MODEL_NAME = "NVIDIA H100 80GB HBM3"
-MEMORY_TOTAL_BYTES = 81559 * 1024 * 1024
-POWER_LIMIT_MW = 700_000
-DRIVER_VERSION = "550.90.07"
-NVLINKS_PER_GPU = 18
-PCIE_GEN = 5
-PCIE_WIDTH = 16
-SM_CLOCK_MHZ = 1980
-SM_CLOCK_THROTTLED_MHZ = 1095
-MEM_CLOCK_MHZ = 2619
-# the bus numbers of the eight GPUs of a p5.48xlarge, so demo output looks like the real thing
-_BUSES: Final = (0x53, 0x64, 0x75, 0x86, 0x97, 0xA8, 0xB9, 0xCA)
-_FAKE_PID_BASE = 4_100_000  # above the usual pid range, so psutil resolves none of them
 _THERMAL_REASONS = (
     pynvml.nvmlClocksEventReasonSwThermalSlowdown | pynvml.nvmlClocksEventReasonHwThermalSlowdown
 )
-
-
-@dataclass(frozen=True)
-class FakeHandle:
-    """What nvmlDeviceGetHandleByIndex returns: hashable and comparable, like a handle key."""
-
-    index: int
-
+# what tests and the demo import from here
+__all__ = ["FAULT_KINDS", "MODEL_NAME", "FakeEventData", "FakeEventSet", "FakeHandle", "FakeNvml"]
 
 @dataclass(frozen=True)
 class FakeEventData:
@@ -76,67 +83,15 @@ class FakeEventSet:
     freed: bool = False
 
 
-@dataclass
-class _FakeGpu:
-    index: int
-    uuid: str
-    serial: str
-    bus: int
-    phase: float
-    lost: bool = False
-    thermal: bool = False
-    nvlink_up: list[bool] = field(default_factory=list)
-    # per link: [replay, recovery, crc_flit, crc_data], NVML_NVLINK_ERROR_DL_* order
-    nvlink_errors: list[list[int]] = field(default_factory=list)
-    ecc_volatile: list[int] = field(default_factory=lambda: [0, 0])  # corrected, uncorrected
-    ecc_aggregate: list[int] = field(default_factory=lambda: [0, 0])
-    remap_correctable: int = 0
-    remap_uncorrectable: int = 0
-    remap_pending: bool = False
-    remap_failure: bool = False
-    retired_sbe: list[int] = field(default_factory=list)
-    retired_dbe: list[int] = field(default_factory=list)
-    retirement_pending: bool = False
-    pcie_replays: int = 0
-    processes: list[tuple[int, int]] = field(default_factory=list)  # (pid, used bytes)
-
-    @property
-    def bus_id(self) -> str:
-        return f"00000000:{self.bus:02X}:00.0"
-
-
-def _stable_hex(seed: int | str, text: str, length: int) -> str:
-    return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()[:length]
-
-
-def _make_gpu(index: int, seed: int | str, nvlinks: int) -> _FakeGpu:
-    h = _stable_hex(seed, f"gpu{index}", 32)
-    uuid = f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
-    serial = str(1650000000000 + int(_stable_hex(seed, f"serial{index}", 8), 16) % 10**9)
-    bus = _BUSES[index] if index < len(_BUSES) else 0x10 + index
-    gib = 1024**3
-    # a training job on most GPUs, a second small process on some: enough for the demo
-    processes = [(_FAKE_PID_BASE + index * 8, (40 + 3 * index) * gib)]
-    if index % 3 == 0:
-        processes.append((_FAKE_PID_BASE + index * 8 + 1, 2 * gib))
-    return _FakeGpu(
-        index=index,
-        uuid=uuid,
-        serial=serial,
-        bus=bus,
-        phase=int(_stable_hex(seed, f"phase{index}", 4), 16) / 0xFFFF * 2 * math.pi,
-        nvlink_up=[True] * nvlinks,
-        nvlink_errors=[[0, 0, 0, 0] for _ in range(nvlinks)],
-        processes=processes,
-    )
-
-
 class FakeNvml:
     """Simulated NVML with ``gpus`` H100s. ``seed`` (a node name, say) fixes UUIDs and serials.
 
     ``calls`` counts every simulated call by function name (tests use it to prove that an
     unsupported call is not retried). ``fail_init`` makes nvmlInit raise
-    NVMLError_LibraryNotFound, as on a node without the driver.
+    NVMLError_LibraryNotFound, as on a node without the driver. ``workloads`` starts the
+    demo's pods on the GPUs (:mod:`agent.sim.workloads`), ``processes_per_gpu`` worker
+    processes in each pod's main container; without it the GPUs start idle.
+    ``clock`` (seconds) drives the load and the sample buffers.
     """
 
     def __init__(
@@ -146,19 +101,27 @@ class FakeNvml:
         seed: int | str = 0,
         nvlinks: int = NVLINKS_PER_GPU,
         fail_init: bool = False,
+        workloads: bool = True,
+        processes_per_gpu: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = threading.RLock()
         self._events = threading.Condition(self._lock)
-        self._gpus = [_make_gpu(i, seed, nvlinks) for i in range(gpus)]
+        self._gpus = [make_gpu(i, seed, nvlinks) for i in range(gpus)]
         self._fail_init = fail_init
         self._clock = clock
         self._t0 = clock()
+        self._samples = SampleClock(base_us=int(time.time() * 1_000_000))
+        self.proc = FakeProc()
         self._init_count = 0
         self._unsupported: set[str] = set()
         self._missing: set[str] = set()
         self._event_sets: list[FakeEventSet] = []
         self.calls: Counter[str] = Counter()
+        if workloads:
+            for g in self._gpus:
+                for p in demo_processes(g.index, seed, processes_per_gpu):
+                    self.start_process(g.index, p)
 
     # -- pynvml's constants and error classes, shared, not copied ---------------------------
 
@@ -187,6 +150,24 @@ class FakeNvml:
         """Make these functions raise FunctionNotFound, as an older driver does."""
         with self._lock:
             self._missing |= set(names)
+
+    def start_process(self, gpu: int, process: FakeProcess) -> None:
+        """Run ``process`` on ``gpu``; its cgroup shows in :attr:`proc` until it ends."""
+        with self._lock:
+            self._gpus[gpu].processes.append(process)
+            self.proc.add(process.pid, process.cgroup)
+
+    def end_process(self, pid: int) -> None:
+        with self._lock:
+            for g in self._gpus:
+                g.processes = [p for p in g.processes if p.pid != pid]
+            self.proc.remove(pid)
+
+    def set_load(self, gpu: int, gpu_pct: float | None, memory_pct: float | None = None) -> None:
+        """From now on (the fake's clock) ``gpu`` runs at these utilizations; ``gpu_pct``
+        None returns it to its wave. Memory defaults to half the GPU figure."""
+        with self._lock:
+            self._gpus[gpu].load.set(self._now(), gpu_pct, memory_pct)
 
     def inject(self, gpu: int, fault: str, xid: int | None = None) -> None:
         if fault not in FAULT_KINDS:
@@ -220,7 +201,7 @@ class FakeNvml:
             else:
                 self._clear(g)
 
-    def _queue_xid(self, g: _FakeGpu, xid: int) -> None:
+    def _queue_xid(self, g: FakeGpu, xid: int) -> None:
         data = FakeEventData(
             device=FakeHandle(g.index),
             eventType=pynvml.nvmlEventTypeXidCriticalError,
@@ -232,7 +213,7 @@ class FakeNvml:
         self._events.notify_all()
 
     @staticmethod
-    def _take_a_link_down(g: _FakeGpu) -> None:
+    def _take_a_link_down(g: FakeGpu) -> None:
         for link, up in enumerate(g.nvlink_up):
             if up:
                 g.nvlink_up[link] = False
@@ -240,7 +221,7 @@ class FakeNvml:
                 return
 
     @staticmethod
-    def _clear(g: _FakeGpu) -> None:
+    def _clear(g: FakeGpu) -> None:
         """What a GPU reset does: volatile state goes, persistent counters stay."""
         g.lost = False
         g.thermal = False
@@ -260,7 +241,7 @@ class FakeNvml:
         if name in self._missing:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
 
-    def _device(self, name: str, handle: FakeHandle) -> _FakeGpu:
+    def _device(self, name: str, handle: FakeHandle) -> FakeGpu:
         self._enter(name)
         if not isinstance(handle, FakeHandle) or not 0 <= handle.index < len(self._gpus):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
@@ -271,9 +252,11 @@ class FakeNvml:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return g
 
-    def _utilization(self, g: _FakeGpu) -> int:
-        t = self._clock() - self._t0
-        return max(0, min(100, round(82 + 12 * math.sin(t / 20 + g.phase))))
+    def _now(self) -> float:
+        return self._clock() - self._t0
+
+    def _utilization(self, g: FakeGpu) -> int:
+        return g.load.at(self._now())[0]
 
     # -- library ----------------------------------------------------------------------------
 
@@ -349,16 +332,42 @@ class FakeNvml:
         with self._lock:
             g = self._device("nvmlDeviceGetUtilizationRates", handle)
             util = pynvml.c_nvmlUtilization_t()
-            util.gpu = self._utilization(g)
-            util.memory = util.gpu // 2
+            util.gpu, util.memory = g.load.at(self._now())
             return util
+
+    def nvmlDeviceGetSamples(  # noqa: N802
+        self, handle: FakeHandle, sampling_type: int, timeStamp: int  # noqa: N803
+    ) -> tuple[int, Any]:
+        with self._lock:
+            g = self._device("nvmlDeviceGetSamples", handle)
+            kinds = (pynvml.NVML_GPU_UTILIZATION_SAMPLES, pynvml.NVML_MEMORY_UTILIZATION_SAMPLES)
+            if sampling_type not in kinds:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # not simulated
+            ticks = self._samples.ticks(self._now(), timeStamp)
+            if not ticks:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+            memory = sampling_type == pynvml.NVML_MEMORY_UTILIZATION_SAMPLES
+            samples = utilization_samples(g.load, self._samples, ticks, memory=memory)
+            return pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, samples[0 : len(ticks)]
+
+    def nvmlDeviceGetProcessUtilization(  # noqa: N802
+        self, handle: FakeHandle, timeStamp: int  # noqa: N803
+    ) -> list[Any]:
+        with self._lock:
+            g = self._device("nvmlDeviceGetProcessUtilization", handle)
+            ticks = self._samples.ticks(self._now(), timeStamp)
+            found = process_samples(g.load, self._samples, ticks, g.processes) if ticks else []
+            if not found:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+            return found
 
     def nvmlDeviceGetMemoryInfo(self, handle: FakeHandle) -> Any:  # noqa: N802
         with self._lock:
             g = self._device("nvmlDeviceGetMemoryInfo", handle)
             memory = pynvml.c_nvmlMemory_t()
             memory.total = MEMORY_TOTAL_BYTES
-            memory.used = min(MEMORY_TOTAL_BYTES, 512 * 1024**2 + sum(b for _, b in g.processes))
+            used = sum(p.used_bytes for p in g.processes)
+            memory.used = min(MEMORY_TOTAL_BYTES, 512 * 1024**2 + used)
             memory.free = memory.total - memory.used
             return memory
 
@@ -408,17 +417,28 @@ class FakeNvml:
     def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> list[Any]:  # noqa: N802
         with self._lock:
             g = self._device("nvmlDeviceGetComputeRunningProcesses", handle)
-            return [
-                pynvml.nvmlFriendlyObject(
-                    {
-                        "pid": pid,
-                        "usedGpuMemory": used,
-                        "gpuInstanceId": 0xFFFFFFFF,
-                        "computeInstanceId": 0xFFFFFFFF,
-                    }
-                )
-                for pid, used in g.processes
-            ]
+            return self._process_infos(g, graphics=False)
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: FakeHandle) -> list[Any]:  # noqa: N802
+        with self._lock:
+            g = self._device("nvmlDeviceGetGraphicsRunningProcesses", handle)
+            return self._process_infos(g, graphics=True)
+
+    @staticmethod
+    def _process_infos(g: FakeGpu, *, graphics: bool) -> list[Any]:
+        """What the binding's _v3 readers return: friendly objects of c_nvmlProcessInfo_v3_t."""
+        return [
+            pynvml.nvmlFriendlyObject(
+                {
+                    "pid": p.pid,
+                    "usedGpuMemory": p.used_bytes,
+                    "gpuInstanceId": 0xFFFFFFFF,
+                    "computeInstanceId": 0xFFFFFFFF,
+                }
+            )
+            for p in g.processes
+            if p.graphics == graphics
+        ]
 
     # -- memory health ----------------------------------------------------------------------
 
@@ -483,7 +503,7 @@ class FakeNvml:
         with self._lock:
             return self._device("nvmlDeviceGetPcieReplayCounter", handle).pcie_replays
 
-    def _link(self, name: str, handle: FakeHandle, link: int) -> _FakeGpu:
+    def _link(self, name: str, handle: FakeHandle, link: int) -> FakeGpu:
         g = self._device(name, handle)
         if not g.nvlink_up:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # a PCIe card
@@ -508,35 +528,6 @@ class FakeNvml:
 
     # -- batched fields ---------------------------------------------------------------------
 
-    def _field_value(self, g: _FakeGpu, field_id: int) -> int | None:
-        p = pynvml
-
-        def links(counter: int) -> int:
-            return sum(errors[counter] for errors in g.nvlink_errors)
-
-        nvlink_fields: dict[int, Callable[[], int]] = {
-            p.NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL: lambda: links(0),
-            p.NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL: lambda: links(1),
-            p.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL: lambda: links(2),
-            p.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL: lambda: links(3),
-            p.NVML_FI_DEV_NVLINK_LINK_COUNT: lambda: len(g.nvlink_up),
-        }
-        other_fields: dict[int, Callable[[], int]] = {
-            p.NVML_FI_DEV_ECC_SBE_VOL_TOTAL: lambda: g.ecc_volatile[0],
-            p.NVML_FI_DEV_ECC_DBE_VOL_TOTAL: lambda: g.ecc_volatile[1],
-            p.NVML_FI_DEV_ECC_SBE_AGG_TOTAL: lambda: g.ecc_aggregate[0],
-            p.NVML_FI_DEV_ECC_DBE_AGG_TOTAL: lambda: g.ecc_aggregate[1],
-            p.NVML_FI_DEV_PCIE_REPLAY_COUNTER: lambda: g.pcie_replays,
-        }
-        unsupported = {getattr(p, n) for n in self._unsupported if n.startswith("NVML_FI_")}
-        if field_id in unsupported:
-            return None
-        if field_id in nvlink_fields:
-            # a card without NVLink does not support its fields
-            return nvlink_fields[field_id]() if g.nvlink_up else None
-        reader = other_fields.get(field_id)
-        return None if reader is None else reader()
-
     def nvmlDeviceGetFieldValues(self, handle: FakeHandle, field_ids: list[int]) -> Any:  # noqa: N802
         with self._lock:
             g = self._device("nvmlDeviceGetFieldValues", handle)
@@ -545,7 +536,7 @@ class FakeNvml:
             for slot, field_id in zip(values, field_ids, strict=True):
                 slot.fieldId = field_id
                 slot.timestamp = now_us
-                value = self._field_value(g, field_id)
+                value = field_value(g, field_id, self._unsupported)
                 if value is None:
                     slot.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
                     continue

@@ -1,19 +1,21 @@
 """Where the recorder reads from: governance (what is held), the model (what is measured).
 
-``GpuState.owners`` comes with the agent's attribution (issue 13, agent side): until an
-agent sends it, a GPU has no owners and the ledger shares a node's GPUs among its tasks.
+``GpuState.owners`` comes with the agent's attribution (``--proc-root``): from an agent
+without it (an older one, or attribution off) a GPU has no owners, and the ledger shares a
+node's GPUs among its tasks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from coordinator.governance.policy import Policy
 from coordinator.governance.tasks import GovernanceState
 from coordinator.ledger.accrue import GpuReading, NodeReading, Readings
 from coordinator.model import ClusterModel
+from gpuwarden_common.wire import GpuOwner
 
 
 @dataclass(frozen=True)
@@ -33,13 +35,13 @@ class Accountable(Protocol):
     def accounting_view(self) -> GovernanceView | None: ...
 
 
-def owner_keys(owners: Iterable[Any]) -> frozenset[str]:
+def owner_keys(owners: Iterable[GpuOwner]) -> frozenset[str]:
     """The wire's ``GpuOwner`` entries as keys a task's owners are matched with."""
     keys = set()
     for owner in owners:
-        if getattr(owner, "pod_uid", None):
+        if owner.pod_uid:
             keys.add(f"pod:{owner.pod_uid}")
-        if getattr(owner, "slurm_job_id", None) is not None:
+        if owner.slurm_job_id is not None:
             keys.add(f"slurm:{owner.slurm_job_id}")
     return frozenset(keys)
 
