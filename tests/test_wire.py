@@ -168,7 +168,17 @@ def _attributed_state() -> StateMessage:
 def test_a_state_with_owners_round_trips() -> None:
     msg = _attributed_state()
 
-    assert decode(node_topic("c1", "gpu-1", Kind.STATE), encode(msg)) == msg
+    assert decode_state(encode(msg)) == msg
+
+
+def test_the_coordinator_reads_the_owners_and_attribution_a_state_carries() -> None:
+    msg = _attributed_state()
+
+    digest = decode(node_topic("c1", "gpu-1", Kind.STATE), encode(msg))
+
+    assert isinstance(digest, StateDigest)
+    assert digest.attribution == "cgroup"
+    assert digest.gpus[0].owners == msg.gpus[0].owners
 
 
 def test_owner_fields_left_at_their_default_are_not_sent() -> None:
@@ -184,11 +194,14 @@ def test_a_state_from_an_agent_that_predates_owners_still_decodes() -> None:
         for key in ("owners", "utilization_source", "utilization_window_s"):
             gpu.pop(key)
 
-    msg = decode(node_topic("c1", "gpu-1", Kind.STATE), json.dumps(payload).encode())
+    raw = json.dumps(payload).encode()
 
-    assert isinstance(msg, StateMessage)
+    msg = decode_state(raw)
     assert msg.attribution is None
     assert msg.gpus[0].owners == [] and msg.gpus[0].utilization_source is None
+    digest = decode(node_topic("c1", "gpu-1", Kind.STATE), raw)
+    assert isinstance(digest, StateDigest)
+    assert digest.attribution is None and digest.gpus[0].owners == []
 
 
 def test_fields_and_owner_kinds_added_by_a_later_agent_do_not_reject_the_state() -> None:
@@ -198,10 +211,10 @@ def test_fields_and_owner_kinds_added_by_a_later_agent_do_not_reject_the_state()
     payload["gpus"][0]["owners"][0]["a_field_from_the_future"] = 1
     payload["gpus"][0]["owners"][0]["kind"] = "vm"
 
-    msg = decode(node_topic("c1", "gpu-1", Kind.STATE), json.dumps(payload).encode())
+    digest = decode(node_topic("c1", "gpu-1", Kind.STATE), json.dumps(payload).encode())
 
-    assert isinstance(msg, StateMessage)
-    assert msg.gpus[0].owners[0].kind == "vm"
+    assert isinstance(digest, StateDigest)
+    assert digest.gpus[0].owners[0].kind == "vm"
 
 
 def test_an_owner_with_more_pids_than_the_bound_is_invalid() -> None:
