@@ -52,7 +52,7 @@ class AgentSettings:
     tls_bootstrap: str = "off"
 
 
-def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     def e(name: str, default: str | None = None) -> str | None:
         return env.get(f"GPUWARDEN_{name}", default)
 
@@ -178,7 +178,7 @@ def _bootstrap_paths(args: argparse.Namespace) -> None:
 
 
 def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> AgentSettings:
-    args = _parser(env).parse_args(list(argv))
+    args = build_parser(env).parse_args(list(argv))
     _bootstrap_paths(args)
     password = (
         read_secret(args.password_file, "--password-file") if args.password_file

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -38,3 +39,25 @@ def test_dry_run_is_spelled_as_the_parser_reads_it(path: Path) -> None:
     spelled = r'GPUWARDEN_DRY_RUN(?:=|`? to `"?|\s+value:\s*"?)([A-Za-z0-9]*)'
     for value in re.findall(spelled, path.read_text()):
         parse_bool(value, "GPUWARDEN_DRY_RUN")  # raises on a spelling the parser refuses
+
+
+def _flags(parser: argparse.ArgumentParser) -> set[str]:
+    return {
+        option
+        for action in parser._actions  # argparse has no public list of them
+        for option in action.option_strings
+        if option.startswith("--") and not option.startswith("--no-") and option != "--help"
+    }
+
+
+@pytest.mark.parametrize("command", ["agent", "coordinator"])
+def test_the_readme_names_every_flag_of_each_daemon(command: str) -> None:
+    readme = (ROOT / "README.md").read_text()
+    if command == "agent":
+        from agent.settings import build_parser  # noqa: PLC0415
+    else:
+        from coordinator.settings import build_parser  # noqa: PLC0415
+
+    missing = sorted(f for f in _flags(build_parser({})) if f"`{f}`" not in readme)
+
+    assert not missing, f"README.md does not document {missing}"
