@@ -84,6 +84,8 @@ class Room:
         self.short_of_gpus_only = False
         """A fit failed for want of GPUs alone, with every bigger slot there (pods of one
         GPU in a gang of several sizes): see :mod:`.preemption`."""
+        self.flags_short_of_gpus = not pods.uniform and bool(pods.needs) and pods.needs[-1][0] == 1
+        """Whether :meth:`fits` may set :attr:`short_of_gpus_only` (else it only reads)."""
 
     def rule_out(self, could_free_on: Mapping[str, int]) -> None:
         """Every running GPU that could be freed at all, per node (see :meth:`may_help`)."""
@@ -175,14 +177,14 @@ class Room:
             gained = self._slots_gained
             if self._size:
                 return now[0] + gained[0] >= needs[0][1]
-            short = [
-                size
-                for (size, count), have, more in zip(needs, now, gained, strict=True)
-                if have + more < count
-            ]
-            if short == [1]:
-                self.short_of_gpus_only = True
-            return not short
+            # Sizes go largest first, so one-GPU slots, if needed, come last: any size
+            # short before them settles the answer (and they are not short alone).
+            for (size, count), have, more in zip(needs, now, gained, strict=True):
+                if have + more < count:
+                    if size == 1:
+                        self.short_of_gpus_only = True
+                    return False
+            return True
         leaving = self._leaving_now()
         self._slots.release(leaving)
         try:
@@ -191,12 +193,45 @@ class Room:
             self._slots.take(leaving)
 
     def fits_without(self, placement: Mapping[str, int]) -> bool:
-        """Whether the pods still fit without that task's GPUs; if so they stay out."""
-        self.remove(placement)
-        if self.fits():
-            return True
-        self.add(placement)
-        return False
+        """Whether the pods still fit without that task's GPUs; if so they stay out.
+
+        The pruning asks this of every victim and keeps most of them: with slot counts,
+        the slots the task's GPUs make are counted first and the room changes only when
+        they can go (rather than take them out and put them back)."""
+        needs = self.needs
+        if not needs or not self._pods:
+            self.remove(placement)
+            if self.fits():
+                return True
+            self.add(placement)
+            return False
+        leaving, healthy, free = self._leaving, self._healthy, self._free
+        lost = [0] * len(needs)
+        for node, gpus in placement.items():
+            if gpus <= 0 or node not in healthy:
+                continue
+            on = free.get(node, 0) + leaving.get(node, 0)
+            for index, (each, _) in enumerate(needs):
+                lost[index] += on // each - (on - gpus) // each
+        now = self._slots_now
+        if now is None:
+            now = self._slots_now = [
+                self._slots.slots_for(size, enough=count) for size, count in needs
+            ]
+        gained = self._slots_gained
+        # As fits(): one-GPU slots come last, and alone short they say so (gangs of
+        # several sizes only).
+        for (size, count), have, more, less in zip(needs, now, gained, lost, strict=True):
+            if have + more - less < count:
+                if size == 1 and not self._size:
+                    self.short_of_gpus_only = True
+                return False
+        for node, gpus in placement.items():
+            if gpus > 0 and node in healthy:
+                leaving[node] = leaving.get(node, 0) - gpus
+        for index, less in enumerate(lost):
+            gained[index] -= less
+        return True
 
     def hold(self) -> tuple[int, list[str]]:
         """Takes out of the round's free GPUs those free now that a placement of the pods
