@@ -14,6 +14,7 @@ import bisect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import accumulate
+from operator import attrgetter
 
 from coordinator.governance.books import Book
 from coordinator.governance.ranking import Priorities
@@ -64,13 +65,18 @@ class CandidateOrder:
         return Victim(task, task.key, book, task.gpus, effective, task.work_at_risk(self.now))
 
     def sort(self, victims: list[Victim]) -> None:
-        """The keys are built for the sort only: kept on every victim, they would be a
-        thousand more objects that live through the round (more garbage collections)."""
+        """Successive stable sorts, least significant key first, which give the order of
+        one sort on the tuple of keys (as :func:`.ranking.sort_queue` does): the borrowed
+        list of a lender's whole cluster is thousands of victims, and a tuple for each
+        cost more to build and compare, and in garbage collections, than a sort on each
+        plain key."""
+        victims.sort(key=_victim_key)
+        victims.sort(key=_recency)
         if self.checkpoint_aware:
-            victims.sort(key=_checkpoint_aware_key if not self.idle_first
-                         else _idle_checkpoint_aware_key)  # fmt: skip
-        else:
-            victims.sort(key=_recent_first_key if not self.idle_first else _idle_recent_key)
+            victims.sort(key=_work_lost)
+        if self.idle_first:
+            victims.sort(key=_busy)
+        victims.sort(key=_effective)
 
     def order_level(self, tasks: list[Task]) -> tuple[list[Task], list[float]]:
         """Tasks of one priority level in victim order, with the work each would lose."""
@@ -90,12 +96,14 @@ class CandidateOrder:
         return [tasks[index] for index in order], [work[index] for index in order]
 
 
-def _checkpoint_aware_key(victim: Victim) -> tuple[int, float, float, str]:
-    return (victim.effective, victim.work_lost, -admitted_at(victim.task), victim.key)
+_victim_key = attrgetter("key")
+_work_lost = attrgetter("work_lost")
+_effective = attrgetter("effective")
 
 
-def _recent_first_key(victim: Victim) -> tuple[int, float, str]:
-    return (victim.effective, -admitted_at(victim.task), victim.key)
+def _recency(victim: Victim) -> float:
+    """Most recently admitted first."""
+    return -admitted_at(victim.task)
 
 
 def _busy_rank(task: Task, idle_first: bool) -> int:
@@ -104,15 +112,6 @@ def _busy_rank(task: Task, idle_first: bool) -> int:
 
 def _busy(victim: Victim) -> int:
     return _busy_rank(victim.task, True)
-
-
-def _idle_checkpoint_aware_key(victim: Victim) -> tuple[int, int, float, float, str]:
-    return (victim.effective, _busy(victim), victim.work_lost, -admitted_at(victim.task),
-            victim.key)  # fmt: skip
-
-
-def _idle_recent_key(victim: Victim) -> tuple[int, int, float, str]:
-    return (victim.effective, _busy(victim), -admitted_at(victim.task), victim.key)
 
 
 class Levels:
@@ -190,6 +189,7 @@ class CandidateList:
         self.dead: list[bool] = []
         self._rank_of: dict[str, int] | None = None
         self._on_node: dict[str, list[int]] | None = None
+        self._gpus_on: dict[str, list[int]] = {}
         self._alive_on: dict[str, int] = {}
         self._skips = _Skips()
 
@@ -236,6 +236,15 @@ class CandidateList:
         return self._on_node
 
     @property
+    def gpus_on(self) -> Mapping[str, list[int]]:
+        """The GPUs each of those candidates has on the node, in the same order (slot
+        events add them up for every node that changes, many times a round)."""
+        if self._on_node is None:
+            self._on_node = {}
+            self._index_nodes(0)
+        return self._gpus_on
+
+    @property
     def alive_on(self) -> Mapping[str, int]:
         """GPUs of the live candidates on each node (a view, kept current)."""
         if self._on_node is None:
@@ -280,11 +289,17 @@ class CandidateList:
 
     def _index_nodes(self, start: int) -> None:
         on_node, alive_on, tasks, dead = self._on_node, self._alive_on, self.tasks, self.dead
+        gpus_on = self._gpus_on
         assert on_node is not None
         for rank in range(start, len(tasks)):
             for node, gpus in tasks[rank].placement.items():
                 if gpus > 0:
-                    on_node.setdefault(node, []).append(rank)
+                    ranks = on_node.get(node)
+                    if ranks is None:
+                        on_node[node], gpus_on[node] = [rank], [gpus]
+                    else:
+                        ranks.append(rank)
+                        gpus_on[node].append(gpus)
                     if not dead[rank]:
                         alive_on[node] = alive_on.get(node, 0) + gpus
 
@@ -348,15 +363,29 @@ def _borrowed_victims(book: Book, levels: Levels, order: CandidateOrder) -> list
         elif filled + levels.gpus[effective] <= book.guarantee:
             filled += levels.gpus[effective]
         else:
-            for member in sorted(members, key=_admitted_then_key):
-                filled += member.gpus
-                if filled > book.guarantee:
-                    victims.append(order.victim(member, book, effective))
+            victims.extend(
+                order.victim(member, book, effective)
+                for member in _past_guarantee(members, book.guarantee - filled)
+            )
+            filled += levels.gpus[effective]
     return victims
 
 
-def _admitted_then_key(task: Task) -> tuple[float, str]:
-    return (admitted_at(task), task.key)
+def _past_guarantee(members: list[Task], room: int) -> list[Task]:
+    """The members that do not fit in ``room`` GPUs of the guarantee, earliest admitted
+    filling it first (then by key: two stable sorts rather than a tuple for each, as the
+    level is often a borrower's whole cluster)."""
+    ordered = sorted(members, key=_task_key)
+    ordered.sort(key=admitted_at)
+    filled = 0
+    for position, member in enumerate(ordered):
+        filled += member.gpus
+        if filled > room:
+            return ordered[position:]  # every later one is past it too
+    return []
+
+
+_task_key = attrgetter("key")
 
 
 class OwnVictims(CandidateList):

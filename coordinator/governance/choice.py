@@ -53,9 +53,8 @@ class Choice:
                 self.take(victim, own=own)
             return
         chosen, lowered = self.chosen, self.lowered
-        taken = False
+        start = len(chosen)
         for victim in victims:
-            taken = True
             chosen.append(victim)
             gpus = victim.gpus
             self.left_free -= gpus
@@ -64,9 +63,8 @@ class Choice:
             else:
                 index = victim.book.index
                 lowered[index] = lowered.get(index, 0) + gpus
-            if room is not None:
-                room.add(victim.task.placement)
-        if taken and room is not None:
+        if room is not None and len(chosen) > start:
+            room.add_all(victim.task.placement for victim in chosen[start:])
             self.fitted = self.left_free <= 0 and room.fits()
 
 

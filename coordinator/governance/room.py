@@ -15,7 +15,7 @@ so the room keeps them instead of placing the pods again and again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -146,6 +146,17 @@ class Room:
                 on = free.get(node, 0) + before
                 for index, (each, _) in enumerate(self.needs):
                     gained[index] += (on + gpus) // each - on // each
+
+    def add_all(self, placements: Iterable[Mapping[str, int]]) -> None:
+        """As :meth:`add` for each, with each node's GPUs added up first: the slots a node
+        gains from several tasks are those of their sum, counted once (a room step takes
+        several victims on each node it makes room on)."""
+        merged: dict[str, int] = {}
+        for placement in placements:
+            for node, gpus in placement.items():
+                if gpus > 0:
+                    merged[node] = merged.get(node, 0) + gpus
+        self.add(merged)
 
     def remove(self, placement: Mapping[str, int]) -> None:
         """The inverse of :meth:`add`."""
