@@ -217,9 +217,15 @@ def preempt_decisions(
     """The decisions for ``task``'s victims (``base``: its class weight), with their
     reasons and grace (capped at the policy maximum)."""
     grace_for = policy.preemption.grace_for
+    # The grace depends only on what the victim asked for, mostly nothing: read once each.
+    graces: dict[float | None, float] = {}
     decisions: list[Preempt] = []
     for victim in victims:
         target = victim.task
+        asked = target.checkpoint_grace_s
+        grace = graces.get(asked)
+        if grace is None:
+            grace = graces[asked] = grace_for(asked)
         own = victim.book is book
         if own:
             reason = (
@@ -236,7 +242,7 @@ def preempt_decisions(
                 victim=target.key,
                 preemptor=task.key,
                 cause=PreemptCause.PRIORITY if own else PreemptCause.RECLAIM,
-                grace_s=grace_for(target.checkpoint_grace_s),
+                grace_s=grace,
                 gpus=victim.gpus,
                 work_lost_gpu_s=victim.work_lost,
                 reason=reason,
