@@ -61,22 +61,25 @@ class CandidateOrder:
         self.idle_first = idle_first
         """Idle tasks (``Task.idle_since``) first within a priority level."""
 
-    def victim(self, task: Task, book: Book, effective: int) -> Victim:
-        return Victim(task, task.key, book, task.gpus, effective, task.work_at_risk(self.now))
+    def order(self, tasks: list[Task], effective: list[int]) -> tuple[list[int], list[float]]:
+        """The positions of ``tasks`` (of effective priorities ``effective``) in victim
+        order, with the work each would lose (by position in ``tasks``).
 
-    def sort(self, victims: list[Victim]) -> None:
-        """Successive stable sorts, least significant key first, which give the order of
-        one sort on the tuple of keys (as :func:`.ranking.sort_queue` does): the borrowed
-        list of a lender's whole cluster is thousands of victims, and a tuple for each
-        cost more to build and compare, and in garbage collections, than a sort on each
-        plain key."""
-        victims.sort(key=_victim_key)
-        victims.sort(key=_recency)
+        Successive stable sorts of the positions, least significant key first, which give
+        the order of one sort on the tuple of keys (as :func:`.ranking.sort_queue` does):
+        the borrowed tasks of a lender's whole cluster are thousands, and a tuple for
+        each cost more to build and compare, and in garbage collections, than a sort on
+        each plain key."""
+        now = self.now
+        work = [task.work_at_risk(now) for task in tasks]
+        order = sorted(range(len(tasks)), key=[task.key for task in tasks].__getitem__)
+        order.sort(key=[-admitted_at(task) for task in tasks].__getitem__)
         if self.checkpoint_aware:
-            victims.sort(key=_work_lost)
+            order.sort(key=work.__getitem__)
         if self.idle_first:
-            victims.sort(key=_busy)
-        victims.sort(key=_effective)
+            order.sort(key=[_busy_rank(task, True) for task in tasks].__getitem__)
+        order.sort(key=effective.__getitem__)
+        return order, work
 
     def order_level(self, tasks: list[Task]) -> tuple[list[Task], list[float]]:
         """Tasks of one priority level in victim order, with the work each would lose."""
@@ -96,22 +99,8 @@ class CandidateOrder:
         return [tasks[index] for index in order], [work[index] for index in order]
 
 
-_victim_key = attrgetter("key")
-_work_lost = attrgetter("work_lost")
-_effective = attrgetter("effective")
-
-
-def _recency(victim: Victim) -> float:
-    """Most recently admitted first."""
-    return -admitted_at(victim.task)
-
-
 def _busy_rank(task: Task, idle_first: bool) -> int:
     return 1 if idle_first and task.idle_since is None else 0
-
-
-def _busy(victim: Victim) -> int:
-    return _busy_rank(victim.task, True)
 
 
 class Levels:
@@ -189,7 +178,6 @@ class CandidateList:
         self.dead: list[bool] = []
         self._rank_of: dict[str, int] | None = None
         self._on_node: dict[str, list[int]] | None = None
-        self._gpus_on: dict[str, list[int]] = {}
         self._alive_on: dict[str, int] = {}
         self._skips = _Skips()
 
@@ -236,15 +224,6 @@ class CandidateList:
         return self._on_node
 
     @property
-    def gpus_on(self) -> Mapping[str, list[int]]:
-        """The GPUs each of those candidates has on the node, in the same order (slot
-        events add them up for every node that changes, many times a round)."""
-        if self._on_node is None:
-            self._on_node = {}
-            self._index_nodes(0)
-        return self._gpus_on
-
-    @property
     def alive_on(self) -> Mapping[str, int]:
         """GPUs of the live candidates on each node (a view, kept current)."""
         if self._on_node is None:
@@ -289,17 +268,11 @@ class CandidateList:
 
     def _index_nodes(self, start: int) -> None:
         on_node, alive_on, tasks, dead = self._on_node, self._alive_on, self.tasks, self.dead
-        gpus_on = self._gpus_on
         assert on_node is not None
         for rank in range(start, len(tasks)):
             for node, gpus in tasks[rank].placement.items():
                 if gpus > 0:
-                    ranks = on_node.get(node)
-                    if ranks is None:
-                        on_node[node], gpus_on[node] = [rank], [gpus]
-                    else:
-                        ranks.append(rank)
-                        gpus_on[node].append(gpus)
+                    on_node.setdefault(node, []).append(rank)
                     if not dead[rank]:
                         alive_on[node] = alive_on.get(node, 0) + gpus
 
@@ -317,30 +290,52 @@ class CandidateList:
 
 class BorrowedVictims(CandidateList):
     """The borrowed tasks of every team, ordered across teams, all at once (a team's tasks
-    fill its guarantee highest priority first; those past it are borrowed)."""
+    fill its guarantee highest priority first; those past it are borrowed).
+
+    As in :class:`OwnVictims`, a task is made a candidate only when a preemptor looks at
+    it: when a lender's whole cluster is borrowed, the list is thousands of tasks, of which
+    a round looks at some (most, when every preemptor makes room with several victims)."""
 
     def __init__(
         self, books: list[Book], order: CandidateOrder, levels_of: list[Levels], taken: set[str]
     ) -> None:
         super().__init__(taken, -1)
-        victims: list[Victim] = []
+        tasks: list[Task] = []
+        owners: list[Book] = []
+        effective: list[int] = []
         for book, levels in zip(books, levels_of, strict=True):
             if book.borrowed > 0:
-                victims.extend(_borrowed_victims(book, levels, order))
-        order.sort(victims)
-        for rank, victim in enumerate(victims):
-            victim.rank = rank
-        self._victims = victims
-        self._append([victim.task for victim in victims])
+                for level, members in _borrowed_levels(book, levels):
+                    tasks.extend(members)
+                    owners.extend([book] * len(members))
+                    effective.extend([level] * len(members))
+        ranked, work = order.order(tasks, effective)
+        self._owners = [owners[index] for index in ranked]
+        self._effective = [effective[index] for index in ranked]
+        self._work = [work[index] for index in ranked]
+        self._made: list[Victim | None] = [None] * len(ranked)
+        self._append([tasks[index] for index in ranked])
 
     def victim_at(self, rank: int) -> Victim:
-        return self._victims[rank]
+        victim = self._made[rank]
+        if victim is None:
+            task = self.tasks[rank]
+            victim = self._made[rank] = Victim(
+                task,
+                task.key,
+                self._owners[rank],
+                task.gpus,
+                self._effective[rank],
+                self._work[rank],
+                rank,
+            )
+        return victim
 
     def lend(self, book: Book, beyond: bool) -> list[str]:
         """The team moved across its guarantee: its borrowed tasks are reclaimable again
         (``beyond``) or no longer. Returns the nodes whose room changed."""
         nodes: list[str] = []
-        ranks = [victim.rank for victim in self._victims if victim.book is book]
+        ranks = [rank for rank, owner in enumerate(self._owners) if owner is book]
         if beyond:
             for rank in ranks:
                 nodes.extend(self._revive(rank))
@@ -351,24 +346,20 @@ class BorrowedVictims(CandidateList):
         return nodes
 
 
-def _borrowed_victims(book: Book, levels: Levels, order: CandidateOrder) -> list[Victim]:
-    """Whole priority levels fill the guarantee at once; only the level that crosses it is
-    ordered task by task, and every level below it is borrowed whole."""
-    victims: list[Victim] = []
+def _borrowed_levels(book: Book, levels: Levels) -> Iterator[tuple[int, list[Task]]]:
+    """The team's borrowed tasks, by effective priority. Whole priority levels fill the
+    guarantee at once; only the level that crosses it is ordered task by task, and every
+    level below it is borrowed whole."""
     filled = 0
     for effective in reversed(levels.ascending):
         members = levels.tasks[effective]
         if filled > book.guarantee:
-            victims.extend(order.victim(member, book, effective) for member in members)
+            yield effective, members
         elif filled + levels.gpus[effective] <= book.guarantee:
             filled += levels.gpus[effective]
         else:
-            victims.extend(
-                order.victim(member, book, effective)
-                for member in _past_guarantee(members, book.guarantee - filled)
-            )
+            yield effective, _past_guarantee(members, book.guarantee - filled)
             filled += levels.gpus[effective]
-    return victims
 
 
 def _past_guarantee(members: list[Task], room: int) -> list[Task]:

@@ -206,11 +206,12 @@ class Room:
     def fits_without(self, placement: Mapping[str, int]) -> bool:
         """Whether the pods still fit without that task's GPUs; if so they stay out.
 
-        The pruning asks this of every victim and keeps most of them: with slot counts,
-        the slots the task's GPUs make are counted first and the room changes only when
-        they can go (rather than take them out and put them back)."""
+        The pruning asks this of every victim and keeps most of them: with slot counts of
+        several sizes, the slots the task's GPUs make are counted first and the room
+        changes only when they can go (rather than take them out and put them back)."""
         needs = self.needs
-        if not needs or not self._pods:
+        if self._size or not needs or not self._pods:
+            # one size: a removal is one addition, as cheap as counting it first
             self.remove(placement)
             if self.fits():
                 return True
@@ -230,11 +231,10 @@ class Room:
                 self._slots.slots_for(size, enough=count) for size, count in needs
             ]
         gained = self._slots_gained
-        # As fits(): one-GPU slots come last, and alone short they say so (gangs of
-        # several sizes only).
+        # As fits(): one-GPU slots come last, and alone short they say so.
         for (size, count), have, more, less in zip(needs, now, gained, lost, strict=True):
             if have + more - less < count:
-                if size == 1 and not self._size:
+                if size == 1:
                     self.short_of_gpus_only = True
                 return False
         for node, gpus in placement.items():

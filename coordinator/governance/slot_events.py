@@ -52,7 +52,6 @@ class SlotEvents:
         self.size = size
         self._listing = listing
         self._on_node = listing.on_node
-        self._gpus_on = listing.gpus_on
         self._free = free
         self._healthy = healthy
         self._extra: Mapping[str, int] = base_extra if base_extra is not None else {}
@@ -76,8 +75,8 @@ class SlotEvents:
         node's first event often needs its next ones, and reading them here, in one pass
         over the node's candidates, costs less than walking the node again at each look."""
         healthy, on_node, versions, heap = self._healthy, self._on_node, self._version, self._heap
-        free, extra, size, gpus_on = self._free, self._extra, self.size, self._gpus_on
-        dead = self._listing.dead
+        free, extra, size = self._free, self._extra, self.size
+        tasks, dead = self._listing.tasks, self._listing.dead
         for node in self._dirty:
             ranks = on_node.get(node)
             if ranks is None or node not in healthy:
@@ -85,9 +84,9 @@ class SlotEvents:
             version = versions[node] = versions.get(node, 0) + 1
             held = free.get(node, 0) + extra.get(node, 0)
             next_slot = (held // size + 1) * size
-            for rank, gpus in zip(ranks, gpus_on[node], strict=True):
+            for rank in ranks:
                 if not dead[rank]:
-                    held += gpus
+                    held += tasks[rank].placement[node]
                     while held >= next_slot:  # a candidate may bring several slots
                         heapq.heappush(heap, (rank, node, version))
                         next_slot += size
@@ -99,12 +98,11 @@ class SlotEvents:
         listing, size = self._listing, self.size
         held = self.base(node) + deviation.extra
         slots = held // size
-        dead = listing.dead
-        ranks = self._on_node.get(node, ())
-        for rank, gpus in zip(ranks, self._gpus_on.get(node, ()), strict=True):
+        tasks, dead = listing.tasks, listing.dead
+        for rank in self._on_node.get(node, ()):
             if dead[rank] or rank == deviation.excluded:
                 continue
-            held += gpus
+            held += tasks[rank].placement[node]
             while held // size > slots:
                 slots += 1
                 yield rank
