@@ -218,25 +218,26 @@ class Room:
             self.add(placement)
             return False
         leaving, healthy, free = self._leaving, self._healthy, self._free
-        lost = [0] * len(needs)
-        for node, gpus in placement.items():
-            if gpus <= 0 or node not in healthy:
-                continue
-            on = free.get(node, 0) + leaving.get(node, 0)
-            for index, (each, _) in enumerate(needs):
-                lost[index] += on // each - (on - gpus) // each
         now = self._slots_now
         if now is None:
             now = self._slots_now = [
                 self._slots.slots_for(size, enough=count) for size, count in needs
             ]
         gained = self._slots_gained
-        # As fits(): one-GPU slots come last, and alone short they say so.
-        for (size, count), have, more, less in zip(needs, now, gained, lost, strict=True):
-            if have + more - less < count:
-                if size == 1:
+        # Size by size, largest first, as fits() reads them: most victims the pruning
+        # keeps make a slot of the largest size, and the first short size settles it.
+        lost: list[int] = []
+        for index, (size, count) in enumerate(needs):
+            less = 0
+            for node, gpus in placement.items():
+                if gpus > 0 and node in healthy:
+                    on = free.get(node, 0) + leaving.get(node, 0)
+                    less += on // size - (on - gpus) // size
+            if now[index] + gained[index] - less < count:
+                if size == 1:  # one-GPU slots come last: alone short, as fits() says
                     self.short_of_gpus_only = True
                 return False
+            lost.append(less)
         for node, gpus in placement.items():
             if gpus > 0 and node in healthy:
                 leaving[node] = leaving.get(node, 0) - gpus
