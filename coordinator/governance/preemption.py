@@ -133,6 +133,8 @@ class VictimSearch:
         for them all (a preemptor's victims are mostly on the few nodes it makes room on,
         and each node told is read again in every slot event index that holds it)."""
         changed: set[str] = set()
+        freed: dict[int, int] = {}
+        books: dict[int, Book] = {}
         for victim in victims:
             self.taken.add(victim.key)
             # Its own list, by its rank; the other list it may be in (borrowed tasks are
@@ -145,8 +147,14 @@ class VictimSearch:
                 rank = other.rank_of(victim.key)
                 if rank is not None:
                     changed.update(other.kill(rank))
-            if self._books.change_used(victim.book, -victim.gpus):
-                self.lender_moved(victim.book)
+            index = victim.book.index
+            freed[index] = freed.get(index, 0) + victim.gpus
+            books[index] = victim.book
+        # Each team's GPUs out at once: usage only falls, so it crosses its guarantee at
+        # most once, and the victims after that are dead already, as the team's others.
+        for index, gpus in freed.items():
+            if self._books.change_used(books[index], -gpus):
+                self.lender_moved(books[index])
         self.nodes_changed(changed)
 
     # -- the search -----------------------------------------------------------------------------

@@ -237,7 +237,9 @@ def _ranks_on(
     for node in nodes:
         excluded = deviations[node].excluded if node in deviations else -1
         for rank in on_node.get(node, ()):
-            if first <= rank <= last and not dead[rank] and rank != excluded:
+            if rank > last:
+                break  # a node's ranks are in order
+            if rank >= first and not dead[rank] and rank != excluded:
                 ranks.add(rank)
     return ranks - excluded_anywhere if excluded_anywhere else ranks
 
