@@ -76,7 +76,7 @@ class SlotEvents:
         over the node's candidates, costs less than walking the node again at each look."""
         healthy, on_node, versions, heap = self._healthy, self._on_node, self._version, self._heap
         free, extra, size = self._free, self._extra, self.size
-        tasks, dead = self._listing.tasks, self._listing.dead
+        tasks, dead, alive = self._listing.tasks, self._listing.dead, self._listing.alive_on
         for node in self._dirty:
             ranks = on_node.get(node)
             if ranks is None or node not in healthy:
@@ -84,6 +84,8 @@ class SlotEvents:
             version = versions[node] = versions.get(node, 0) + 1
             held = free.get(node, 0) + extra.get(node, 0)
             next_slot = (held // size + 1) * size
+            if held + alive.get(node, 0) < next_slot:
+                continue  # all its live candidates together make no slot: no events
             for rank in ranks:
                 if not dead[rank]:
                     held += tasks[rank].placement[node]
