@@ -217,15 +217,14 @@ class Room:
                 return True
             self.add(placement)
             return False
+        if len(placement) == 1:  # most tasks run on one node
+            ((node, gpus),) = placement.items()
+            if gpus > 0 and node in self._healthy:
+                return self._fits_without_on(node, gpus)
         leaving, healthy, free = self._leaving, self._healthy, self._free
-        now = self._slots_now
-        if now is None:
-            now = self._slots_now = [
-                self._slots.slots_for(size, enough=count) for size, count in needs
-            ]
-        gained = self._slots_gained
-        # Size by size, largest first, as fits() reads them: most victims the pruning
-        # keeps make a slot of the largest size, and the first short size settles it.
+        now, gained = self._counted_slots(), self._slots_gained
+        # Size by size, largest first, as fits() reads them: the first short size
+        # settles it (one-GPU slots come last: alone short, they say so).
         lost: list[int] = []
         for index, (size, count) in enumerate(needs):
             less = 0
@@ -234,7 +233,7 @@ class Room:
                     on = free.get(node, 0) + leaving.get(node, 0)
                     less += on // size - (on - gpus) // size
             if now[index] + gained[index] - less < count:
-                if size == 1:  # one-GPU slots come last: alone short, as fits() says
+                if size == 1:
                     self.short_of_gpus_only = True
                 return False
             lost.append(less)
@@ -244,6 +243,33 @@ class Room:
         for index, less in enumerate(lost):
             gained[index] -= less
         return True
+
+    def _fits_without_on(self, node: str, gpus: int) -> bool:
+        """:meth:`fits_without` for a task's ``gpus`` on one healthy node: its free and
+        leaving GPUs read once for every size."""
+        needs, now, gained = self.needs, self._counted_slots(), self._slots_gained
+        on = self._free.get(node, 0) + self._leaving.get(node, 0)
+        lost: list[int] = []
+        for index, (size, count) in enumerate(needs):
+            less = on // size - (on - gpus) // size
+            if now[index] + gained[index] - less < count:
+                if size == 1:
+                    self.short_of_gpus_only = True
+                return False
+            lost.append(less)
+        self._leaving[node] = self._leaving.get(node, 0) - gpus
+        for index, less in enumerate(lost):
+            gained[index] -= less
+        return True
+
+    def _counted_slots(self) -> list[int]:
+        """The slots of each needed size the free GPUs hold now (counted once a room)."""
+        now = self._slots_now
+        if now is None:
+            now = self._slots_now = [
+                self._slots.slots_for(size, enough=count) for size, count in self.needs
+            ]
+        return now
 
     def hold(self) -> tuple[int, list[str]]:
         """Takes out of the round's free GPUs those free now that a placement of the pods
