@@ -220,6 +220,7 @@ def preempt_decisions(
     # The grace depends only on what the victim asked for, mostly nothing: read once each.
     graces: dict[float | None, float] = {}
     decisions: list[Preempt] = []
+    team, key = book.team.name, task.key
     for victim in victims:
         target = victim.task
         asked = target.checkpoint_grace_s
@@ -229,18 +230,18 @@ def preempt_decisions(
         own = victim.book is book
         if own:
             reason = (
-                f"{task.key} (priority {base}) preempts lower-priority {target.key} "
-                f"(priority {victim.effective}) within team {book.team.name}'s guarantee"
+                f"{key} (priority {base}) preempts lower-priority {target.key} "
+                f"(priority {victim.effective}) within team {team}'s guarantee"
             )
         else:
             reason = (
-                f"team {book.team.name} reclaims GPUs within its guarantee for {task.key}: "
+                f"team {team} reclaims GPUs within its guarantee for {key}: "
                 f"{target.key} runs on GPUs borrowed by team {victim.book.team.name}"
             )
         decisions.append(
             Preempt(
                 victim=target.key,
-                preemptor=task.key,
+                preemptor=key,
                 cause=PreemptCause.PRIORITY if own else PreemptCause.RECLAIM,
                 grace_s=grace,
                 gpus=victim.gpus,

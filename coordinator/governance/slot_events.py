@@ -134,11 +134,16 @@ class SlotEvents:
         popped: list[tuple[int, str, int]] = []
         try:
             while True:
-                while heap and (heap[0][2] != version.get(heap[0][1]) or heap[0][1] in deviations):
-                    entry = heapq.heappop(heap)
-                    if entry[2] == version.get(entry[1]):
-                        popped.append(entry)  # current, but this preemptor sees it differently
-                main = heap[0] if heap else None
+                main = None
+                while heap:  # stale entries go for good, as they come to the top
+                    top = heap[0]
+                    if top[2] != version.get(top[1]):
+                        heapq.heappop(heap)
+                    elif top[1] in deviations:
+                        popped.append(heapq.heappop(heap))  # this preemptor sees it differently
+                    else:
+                        main = top
+                        break
                 other = side[0] if side else None
                 if main is not None and (other is None or main[0] <= other[0]):
                     rank, node = main[0], main[1]
