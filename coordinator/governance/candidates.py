@@ -14,6 +14,7 @@ import bisect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import accumulate
+from operator import attrgetter
 
 from coordinator.governance.books import Book
 from coordinator.governance.ranking import Priorities
@@ -60,17 +61,25 @@ class CandidateOrder:
         self.idle_first = idle_first
         """Idle tasks (``Task.idle_since``) first within a priority level."""
 
-    def victim(self, task: Task, book: Book, effective: int) -> Victim:
-        return Victim(task, task.key, book, task.gpus, effective, task.work_at_risk(self.now))
+    def order(self, tasks: list[Task], effective: list[int]) -> tuple[list[int], list[float]]:
+        """The positions of ``tasks`` (of effective priorities ``effective``) in victim
+        order, with the work each would lose (by position in ``tasks``).
 
-    def sort(self, victims: list[Victim]) -> None:
-        """The keys are built for the sort only: kept on every victim, they would be a
-        thousand more objects that live through the round (more garbage collections)."""
+        Successive stable sorts of the positions, least significant key first, which give
+        the order of one sort on the tuple of keys (as :func:`.ranking.sort_queue` does):
+        the borrowed tasks of a lender's whole cluster are thousands, and a tuple for
+        each cost more to build and compare, and in garbage collections, than a sort on
+        each plain key."""
+        now = self.now
+        work = [task.work_at_risk(now) for task in tasks]
+        order = sorted(range(len(tasks)), key=[task.key for task in tasks].__getitem__)
+        order.sort(key=[-admitted_at(task) for task in tasks].__getitem__)
         if self.checkpoint_aware:
-            victims.sort(key=_checkpoint_aware_key if not self.idle_first
-                         else _idle_checkpoint_aware_key)  # fmt: skip
-        else:
-            victims.sort(key=_recent_first_key if not self.idle_first else _idle_recent_key)
+            order.sort(key=work.__getitem__)
+        if self.idle_first:
+            order.sort(key=[_busy_rank(task, True) for task in tasks].__getitem__)
+        order.sort(key=effective.__getitem__)
+        return order, work
 
     def order_level(self, tasks: list[Task]) -> tuple[list[Task], list[float]]:
         """Tasks of one priority level in victim order, with the work each would lose."""
@@ -90,29 +99,8 @@ class CandidateOrder:
         return [tasks[index] for index in order], [work[index] for index in order]
 
 
-def _checkpoint_aware_key(victim: Victim) -> tuple[int, float, float, str]:
-    return (victim.effective, victim.work_lost, -admitted_at(victim.task), victim.key)
-
-
-def _recent_first_key(victim: Victim) -> tuple[int, float, str]:
-    return (victim.effective, -admitted_at(victim.task), victim.key)
-
-
 def _busy_rank(task: Task, idle_first: bool) -> int:
     return 1 if idle_first and task.idle_since is None else 0
-
-
-def _busy(victim: Victim) -> int:
-    return _busy_rank(victim.task, True)
-
-
-def _idle_checkpoint_aware_key(victim: Victim) -> tuple[int, int, float, float, str]:
-    return (victim.effective, _busy(victim), victim.work_lost, -admitted_at(victim.task),
-            victim.key)  # fmt: skip
-
-
-def _idle_recent_key(victim: Victim) -> tuple[int, int, float, str]:
-    return (victim.effective, _busy(victim), -admitted_at(victim.task), victim.key)
 
 
 class Levels:
@@ -302,30 +290,52 @@ class CandidateList:
 
 class BorrowedVictims(CandidateList):
     """The borrowed tasks of every team, ordered across teams, all at once (a team's tasks
-    fill its guarantee highest priority first; those past it are borrowed)."""
+    fill its guarantee highest priority first; those past it are borrowed).
+
+    As in :class:`OwnVictims`, a task is made a candidate only when a preemptor looks at
+    it: when a lender's whole cluster is borrowed, the list is thousands of tasks, of which
+    a round looks at some (most, when every preemptor makes room with several victims)."""
 
     def __init__(
         self, books: list[Book], order: CandidateOrder, levels_of: list[Levels], taken: set[str]
     ) -> None:
         super().__init__(taken, -1)
-        victims: list[Victim] = []
+        tasks: list[Task] = []
+        owners: list[Book] = []
+        effective: list[int] = []
         for book, levels in zip(books, levels_of, strict=True):
             if book.borrowed > 0:
-                victims.extend(_borrowed_victims(book, levels, order))
-        order.sort(victims)
-        for rank, victim in enumerate(victims):
-            victim.rank = rank
-        self._victims = victims
-        self._append([victim.task for victim in victims])
+                for level, members in _borrowed_levels(book, levels):
+                    tasks.extend(members)
+                    owners.extend([book] * len(members))
+                    effective.extend([level] * len(members))
+        ranked, work = order.order(tasks, effective)
+        self._owners = [owners[index] for index in ranked]
+        self._effective = [effective[index] for index in ranked]
+        self._work = [work[index] for index in ranked]
+        self._made: list[Victim | None] = [None] * len(ranked)
+        self._append([tasks[index] for index in ranked])
 
     def victim_at(self, rank: int) -> Victim:
-        return self._victims[rank]
+        victim = self._made[rank]
+        if victim is None:
+            task = self.tasks[rank]
+            victim = self._made[rank] = Victim(
+                task,
+                task.key,
+                self._owners[rank],
+                task.gpus,
+                self._effective[rank],
+                self._work[rank],
+                rank,
+            )
+        return victim
 
     def lend(self, book: Book, beyond: bool) -> list[str]:
         """The team moved across its guarantee: its borrowed tasks are reclaimable again
         (``beyond``) or no longer. Returns the nodes whose room changed."""
         nodes: list[str] = []
-        ranks = [victim.rank for victim in self._victims if victim.book is book]
+        ranks = [rank for rank, owner in enumerate(self._owners) if owner is book]
         if beyond:
             for rank in ranks:
                 nodes.extend(self._revive(rank))
@@ -336,27 +346,37 @@ class BorrowedVictims(CandidateList):
         return nodes
 
 
-def _borrowed_victims(book: Book, levels: Levels, order: CandidateOrder) -> list[Victim]:
-    """Whole priority levels fill the guarantee at once; only the level that crosses it is
-    ordered task by task, and every level below it is borrowed whole."""
-    victims: list[Victim] = []
+def _borrowed_levels(book: Book, levels: Levels) -> Iterator[tuple[int, list[Task]]]:
+    """The team's borrowed tasks, by effective priority. Whole priority levels fill the
+    guarantee at once; only the level that crosses it is ordered task by task, and every
+    level below it is borrowed whole."""
     filled = 0
     for effective in reversed(levels.ascending):
         members = levels.tasks[effective]
         if filled > book.guarantee:
-            victims.extend(order.victim(member, book, effective) for member in members)
+            yield effective, members
         elif filled + levels.gpus[effective] <= book.guarantee:
             filled += levels.gpus[effective]
         else:
-            for member in sorted(members, key=_admitted_then_key):
-                filled += member.gpus
-                if filled > book.guarantee:
-                    victims.append(order.victim(member, book, effective))
-    return victims
+            yield effective, _past_guarantee(members, book.guarantee - filled)
+            filled += levels.gpus[effective]
 
 
-def _admitted_then_key(task: Task) -> tuple[float, str]:
-    return (admitted_at(task), task.key)
+def _past_guarantee(members: list[Task], room: int) -> list[Task]:
+    """The members that do not fit in ``room`` GPUs of the guarantee, earliest admitted
+    filling it first (then by key: two stable sorts rather than a tuple for each, as the
+    level is often a borrower's whole cluster)."""
+    ordered = sorted(members, key=_task_key)
+    ordered.sort(key=admitted_at)
+    filled = 0
+    for position, member in enumerate(ordered):
+        filled += member.gpus
+        if filled > room:
+            return ordered[position:]  # every later one is past it too
+    return []
+
+
+_task_key = attrgetter("key")
 
 
 class OwnVictims(CandidateList):

@@ -3,7 +3,7 @@ lenders' guarantees. Internal to :mod:`.preemption`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coordinator.governance.books import Book, Books
@@ -40,6 +40,32 @@ class Choice:
         if self.room is not None:
             self.room.add(victim.task.placement)
             self.fitted = self.left_free <= 0 and self.room.fits()
+
+    def take_all(self, victims: Iterable[Victim], *, own: bool) -> None:
+        """As :meth:`take` for each, in order, for a room step that takes them all
+        whatever fits meanwhile: whether the pods fit is read once, at the end (a room step
+        from slot events takes a dozen victims for each preemptor, and reading the fit
+        after each was most of its cost). Not where a fit along the way could say the pods
+        were short of one-GPU slots alone: that is remembered (see :class:`.Room`)."""
+        room = self.room
+        if room is not None and room.flags_short_of_gpus:
+            for victim in victims:
+                self.take(victim, own=own)
+            return
+        chosen, lowered = self.chosen, self.lowered
+        start = len(chosen)
+        for victim in victims:
+            chosen.append(victim)
+            gpus = victim.gpus
+            self.left_free -= gpus
+            if own:
+                self.left_quota -= gpus
+            else:
+                index = victim.book.index
+                lowered[index] = lowered.get(index, 0) + gpus
+        if room is not None and len(chosen) > start:
+            room.add_all(victim.task.placement for victim in chosen[start:])
+            self.fitted = self.left_free <= 0 and room.fits()
 
 
 class Detour(Exception):
@@ -191,26 +217,33 @@ def preempt_decisions(
     """The decisions for ``task``'s victims (``base``: its class weight), with their
     reasons and grace (capped at the policy maximum)."""
     grace_for = policy.preemption.grace_for
+    # The grace depends only on what the victim asked for, mostly nothing: read once each.
+    graces: dict[float | None, float] = {}
     decisions: list[Preempt] = []
+    team, key = book.team.name, task.key
     for victim in victims:
         target = victim.task
+        asked = target.checkpoint_grace_s
+        grace = graces.get(asked)
+        if grace is None:
+            grace = graces[asked] = grace_for(asked)
         own = victim.book is book
         if own:
             reason = (
-                f"{task.key} (priority {base}) preempts lower-priority {target.key} "
-                f"(priority {victim.effective}) within team {book.team.name}'s guarantee"
+                f"{key} (priority {base}) preempts lower-priority {target.key} "
+                f"(priority {victim.effective}) within team {team}'s guarantee"
             )
         else:
             reason = (
-                f"team {book.team.name} reclaims GPUs within its guarantee for {task.key}: "
+                f"team {team} reclaims GPUs within its guarantee for {key}: "
                 f"{target.key} runs on GPUs borrowed by team {victim.book.team.name}"
             )
         decisions.append(
             Preempt(
                 victim=target.key,
-                preemptor=task.key,
+                preemptor=key,
                 cause=PreemptCause.PRIORITY if own else PreemptCause.RECLAIM,
-                grace_s=grace_for(target.checkpoint_grace_s),
+                grace_s=grace,
                 gpus=victim.gpus,
                 work_lost_gpu_s=victim.work_lost,
                 reason=reason,

@@ -399,8 +399,7 @@ class _Round:
         return max(0, min(available, short))
 
     def _record_preemptions(self, task: Task, book: Book, victims: list[Victim]) -> None:
-        for victim in victims:
-            self.search.take(victim)
+        self.search.take_all(victims)
         self.preempts.extend(
             preempt_decisions(task, book, victims, self.priorities.base(task), self.policy)
         )

@@ -126,20 +126,36 @@ class VictimSearch:
 
     def take(self, victim: Victim) -> None:
         """The victim is preempted: out of every list, its GPUs out of its team's."""
-        self.taken.add(victim.key)
-        # Its own list, by its rank; the other list it may be in (borrowed tasks are also
-        # in their team's own list, if that was made), by its key.
-        listed = self._borrowed if victim.listed < 0 else self._own[victim.listed]
-        assert listed is not None
-        changed = listed.kill(victim.rank)
-        other = self._own.get(victim.book.index) if victim.listed < 0 else self._borrowed
-        if other is not None:
-            rank = other.rank_of(victim.key)
-            if rank is not None:
-                changed.extend(other.kill(rank))
+        self.take_all([victim])
+
+    def take_all(self, victims: Iterable[Victim]) -> None:
+        """As :meth:`take` for each, in order, with the nodes whose room changed told once
+        for them all (a preemptor's victims are mostly on the few nodes it makes room on,
+        and each node told is read again in every slot event index that holds it)."""
+        changed: set[str] = set()
+        freed: dict[int, int] = {}
+        books: dict[int, Book] = {}
+        for victim in victims:
+            self.taken.add(victim.key)
+            # Its own list, by its rank; the other list it may be in (borrowed tasks are
+            # also in their team's own list, if that was made), by its key.
+            listed = self._borrowed if victim.listed < 0 else self._own[victim.listed]
+            assert listed is not None
+            changed.update(listed.kill(victim.rank))
+            other = self._own.get(victim.book.index) if victim.listed < 0 else self._borrowed
+            if other is not None:
+                rank = other.rank_of(victim.key)
+                if rank is not None:
+                    changed.update(other.kill(rank))
+            index = victim.book.index
+            freed[index] = freed.get(index, 0) + victim.gpus
+            books[index] = victim.book
+        # Each team's GPUs out at once: usage only falls, so it crosses its guarantee at
+        # most once, and the victims after that are dead already, as the team's others.
+        for index, gpus in freed.items():
+            if self._books.change_used(books[index], -gpus):
+                self.lender_moved(books[index])
         self.nodes_changed(changed)
-        if self._books.change_used(victim.book, -victim.gpus):
-            self.lender_moved(victim.book)
 
     # -- the search -----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ so the room keeps them instead of placing the pods again and again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -84,6 +84,8 @@ class Room:
         self.short_of_gpus_only = False
         """A fit failed for want of GPUs alone, with every bigger slot there (pods of one
         GPU in a gang of several sizes): see :mod:`.preemption`."""
+        self.flags_short_of_gpus = not pods.uniform and bool(pods.needs) and pods.needs[-1][0] == 1
+        """Whether :meth:`fits` may set :attr:`short_of_gpus_only` (else it only reads)."""
 
     def rule_out(self, could_free_on: Mapping[str, int]) -> None:
         """Every running GPU that could be freed at all, per node (see :meth:`may_help`)."""
@@ -145,6 +147,17 @@ class Room:
                 for index, (each, _) in enumerate(self.needs):
                     gained[index] += (on + gpus) // each - on // each
 
+    def add_all(self, placements: Iterable[Mapping[str, int]]) -> None:
+        """As :meth:`add` for each, with each node's GPUs added up first: the slots a node
+        gains from several tasks are those of their sum, counted once (a room step takes
+        several victims on each node it makes room on)."""
+        merged: dict[str, int] = {}
+        for placement in placements:
+            for node, gpus in placement.items():
+                if gpus > 0:
+                    merged[node] = merged.get(node, 0) + gpus
+        self.add(merged)
+
     def remove(self, placement: Mapping[str, int]) -> None:
         """The inverse of :meth:`add`."""
         leaving, healthy, free = self._leaving, self._healthy, self._free
@@ -175,14 +188,14 @@ class Room:
             gained = self._slots_gained
             if self._size:
                 return now[0] + gained[0] >= needs[0][1]
-            short = [
-                size
-                for (size, count), have, more in zip(needs, now, gained, strict=True)
-                if have + more < count
-            ]
-            if short == [1]:
-                self.short_of_gpus_only = True
-            return not short
+            # Sizes go largest first, so one-GPU slots, if needed, come last: any size
+            # short before them settles the answer (and they are not short alone).
+            for (size, count), have, more in zip(needs, now, gained, strict=True):
+                if have + more < count:
+                    if size == 1:
+                        self.short_of_gpus_only = True
+                    return False
+            return True
         leaving = self._leaving_now()
         self._slots.release(leaving)
         try:
@@ -191,12 +204,72 @@ class Room:
             self._slots.take(leaving)
 
     def fits_without(self, placement: Mapping[str, int]) -> bool:
-        """Whether the pods still fit without that task's GPUs; if so they stay out."""
-        self.remove(placement)
-        if self.fits():
-            return True
-        self.add(placement)
-        return False
+        """Whether the pods still fit without that task's GPUs; if so they stay out.
+
+        The pruning asks this of every victim and keeps most of them: with slot counts of
+        several sizes, the slots the task's GPUs make are counted first and the room
+        changes only when they can go (rather than take them out and put them back)."""
+        needs = self.needs
+        if self._size or not needs or not self._pods:
+            # one size: a removal is one addition, as cheap as counting it first
+            self.remove(placement)
+            if self.fits():
+                return True
+            self.add(placement)
+            return False
+        if len(placement) == 1:  # most tasks run on one node
+            ((node, gpus),) = placement.items()
+            if gpus > 0 and node in self._healthy:
+                return self._fits_without_on(node, gpus)
+        leaving, healthy, free = self._leaving, self._healthy, self._free
+        now, gained = self._counted_slots(), self._slots_gained
+        # Size by size, largest first, as fits() reads them: the first short size
+        # settles it (one-GPU slots come last: alone short, they say so).
+        lost: list[int] = []
+        for index, (size, count) in enumerate(needs):
+            less = 0
+            for node, gpus in placement.items():
+                if gpus > 0 and node in healthy:
+                    on = free.get(node, 0) + leaving.get(node, 0)
+                    less += on // size - (on - gpus) // size
+            if now[index] + gained[index] - less < count:
+                if size == 1:
+                    self.short_of_gpus_only = True
+                return False
+            lost.append(less)
+        for node, gpus in placement.items():
+            if gpus > 0 and node in healthy:
+                leaving[node] = leaving.get(node, 0) - gpus
+        for index, less in enumerate(lost):
+            gained[index] -= less
+        return True
+
+    def _fits_without_on(self, node: str, gpus: int) -> bool:
+        """:meth:`fits_without` for a task's ``gpus`` on one healthy node: its free and
+        leaving GPUs read once for every size."""
+        needs, now, gained = self.needs, self._counted_slots(), self._slots_gained
+        on = self._free.get(node, 0) + self._leaving.get(node, 0)
+        lost: list[int] = []
+        for index, (size, count) in enumerate(needs):
+            less = on // size - (on - gpus) // size
+            if now[index] + gained[index] - less < count:
+                if size == 1:
+                    self.short_of_gpus_only = True
+                return False
+            lost.append(less)
+        self._leaving[node] = self._leaving.get(node, 0) - gpus
+        for index, less in enumerate(lost):
+            gained[index] -= less
+        return True
+
+    def _counted_slots(self) -> list[int]:
+        """The slots of each needed size the free GPUs hold now (counted once a room)."""
+        now = self._slots_now
+        if now is None:
+            now = self._slots_now = [
+                self._slots.slots_for(size, enough=count) for size, count in self.needs
+            ]
+        return now
 
     def hold(self) -> tuple[int, list[str]]:
         """Takes out of the round's free GPUs those free now that a placement of the pods

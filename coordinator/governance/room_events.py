@@ -66,9 +66,9 @@ class EventRooms:
             if not (trial.mixed and size == 1):
                 reached[size] = (found[need - 1][0], {node for _, node in found})
         trial.reached = reached
-        for rank in needed_ranks(borrowed, reached, trial.resume, deviations):
-            trial.borrowed_ranks.add(rank)
-            choice.take(borrowed.victim_at(rank), own=False)
+        needed = needed_ranks(borrowed, reached, trial.resume, deviations)
+        trial.borrowed_ranks.update(needed)
+        choice.take_all(map(borrowed.victim_at, needed), own=False)
         if not choice.fitted:
             if room.short_of_gpus_only:
                 raise Detour
@@ -106,8 +106,8 @@ class EventRooms:
             events = self._index(trial.book.index, room.size, own, borrowed)
         gaining = {node for _, node in found}
         self.add_borrowed_room(choice, trial, gaining, borrowed)
-        for rank in ranks_on(own, gaining, resume, found[need - 1][0], deviations):
-            choice.take(own.victim_at(rank), own=True)
+        ranks = ranks_on(own, gaining, resume, found[need - 1][0], deviations)
+        choice.take_all(map(own.victim_at, ranks), own=True)
         assert choice.fitted, "slot events and the room disagree"
 
     def add_borrowed_under_own(
@@ -220,15 +220,33 @@ def ranks_on(
     deviations: Mapping[str, Deviation],
 ) -> list[int]:
     """Live ranks from ``first`` to ``last`` with GPUs on any of ``nodes``, in order."""
+    return sorted(_ranks_on(listing, nodes, first, last, deviations, _excluded(deviations)))
+
+
+def _ranks_on(
+    listing: CandidateList,
+    nodes: Iterable[str],
+    first: int,
+    last: int,
+    deviations: Mapping[str, Deviation],
+    excluded_anywhere: set[int],
+) -> set[int]:
+    """As :func:`ranks_on`, in no order (``excluded_anywhere``: :func:`_excluded`)."""
     ranks: set[int] = set()
-    dead = listing.dead
+    dead, on_node = listing.dead, listing.on_node
     for node in nodes:
         excluded = deviations[node].excluded if node in deviations else -1
-        for rank in listing.on_node.get(node, ()):
-            if first <= rank <= last and not dead[rank] and rank != excluded:
+        for rank in on_node.get(node, ()):
+            if rank > last:
+                break  # a node's ranks are in order
+            if rank >= first and not dead[rank] and rank != excluded:
                 ranks.add(rank)
-    excluded_anywhere = {deviation.excluded for deviation in deviations.values()}
-    return sorted(rank for rank in ranks if rank not in excluded_anywhere)
+    return ranks - excluded_anywhere if excluded_anywhere else ranks
+
+
+def _excluded(deviations: Mapping[str, Deviation]) -> set[int]:
+    """The ranks the preemptor may not take (the task that preempted it), on any node."""
+    return {deviation.excluded for deviation in deviations.values()}
 
 
 def needed_ranks(
@@ -248,20 +266,39 @@ def needed_ranks(
     size was reached may, on another node of its own, complete a smaller slot with
     candidates before that rank; those are added too, until nothing more is. ``also``:
     nodes where every candidate up to ``also_last`` counts (the team's own victims, taken
-    after, are there)."""
+    after, are there).
+
+    Each node is looked at once per size, as it joins that size's nodes: the candidates a
+    node brings do not depend on when it joins, so looking at every node again until
+    nothing changes (as the rule reads) finds no more."""
     tasks = listing.tasks
-    chosen = set(ranks_on(listing, also, first, also_last, deviations)) if also else set()
-    nodes_by_size = {size: set(nodes) for size, (_, nodes) in reached.items()}
-    while True:
-        added = False
+    excluded = _excluded(deviations)
+    chosen: set[int] = set()
+    unfollowed: list[int] = []
+    """Chosen ranks whose nodes are yet to join the sizes reached before them."""
+
+    def choose(ranks: set[int]) -> None:
+        for rank in ranks - chosen:
+            chosen.add(rank)
+            unfollowed.append(rank)
+
+    if also:
+        choose(_ranks_on(listing, also, first, also_last, deviations, excluded))
+    seen = {size: set(nodes) for size, (_, nodes) in reached.items()}
+    for last, nodes in reached.values():
+        choose(_ranks_on(listing, nodes, first, last, deviations, excluded))
+    # Most chosen ranks are within every size's reach: their nodes add nothing.
+    within_all = min((last for last, _ in reached.values()), default=ANY)
+    while unfollowed:
+        rank = unfollowed.pop()
+        if rank <= within_all:
+            continue
+        on = [node for node, gpus in tasks[rank].placement.items() if gpus > 0]
         for size, (last, _) in reached.items():
-            nodes = nodes_by_size[size]
-            for rank in list(chosen):
-                if rank > last:
-                    nodes.update(node for node, gpus in tasks[rank].placement.items() if gpus > 0)
-            for rank in ranks_on(listing, nodes, first, last, deviations):
-                if rank not in chosen:
-                    chosen.add(rank)
-                    added = True
-        if not added:
-            return sorted(chosen)
+            if rank <= last:
+                continue
+            joining = [node for node in on if node not in seen[size]]
+            if joining:
+                seen[size].update(joining)
+                choose(_ranks_on(listing, joining, first, last, deviations, excluded))
+    return sorted(chosen)

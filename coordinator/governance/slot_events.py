@@ -8,8 +8,8 @@ before it past the next multiple of ``s``. So the rank at which the pods first f
 ``n``-th smallest of those slot events over all nodes, and only the nodes with an event up
 to it can matter for the choice.
 
-:class:`SlotEvents` keeps, for one candidate list and one pod size, each node's first event
-in a heap, refreshed only for the nodes whose free GPUs or live candidates change. A
+:class:`SlotEvents` keeps, for one candidate list and one pod size, every node's events in
+a heap, read again only for the nodes whose free GPUs or live candidates change. A
 preemptor reads the first events it needs in O(need x log nodes), instead of walking every
 candidate before them; in a cluster where room is scattered (a free GPU here, a borrowed
 task there), walking them cost each preemptor thousands of steps. Internal to the engine.
@@ -36,8 +36,7 @@ class Deviation:
 
 
 class SlotEvents:
-    """For one candidate list and one pod ``size``: every node's slot events, the first of
-    each in a heap.
+    """For one candidate list and one pod ``size``: every node's slot events, in a heap.
 
     A node's base is its free GPUs plus, for a team's own list, the live borrowed GPUs on
     it (a preemptor reaches its own team's tasks only after every borrowed one)."""
@@ -59,23 +58,25 @@ class SlotEvents:
         self._heap: list[tuple[int, str, int]] = []
         self._version: dict[str, int] = {}
         self._dirty: set[str] = set(self._on_node)
-        """Nodes whose first event is to be read again before the next look (a node changes
+        """Nodes whose events are to be read again before the next look (a node changes
         many times between looks, as tasks are placed)."""
 
     def base(self, node: str) -> int:
         return self._free.get(node, 0) + self._extra.get(node, 0)
 
     def refresh(self, node: str) -> None:
-        """The node's free GPUs or live candidates changed: its first event is read again
+        """The node's free GPUs or live candidates changed: its events are read again
         before the next look."""
         self._dirty.add(node)
 
     def _catch_up(self) -> None:
-        """Reads the first event of every changed node again (a plain loop: an index is
-        built over thousands of nodes)."""
+        """Reads the events of every changed node again (a plain loop: an index is built
+        over thousands of nodes). All of them, not only the first: a look that takes a
+        node's first event often needs its next ones, and reading them here, in one pass
+        over the node's candidates, costs less than walking the node again at each look."""
         healthy, on_node, versions, heap = self._healthy, self._on_node, self._version, self._heap
         free, extra, size = self._free, self._extra, self.size
-        tasks, dead = self._listing.tasks, self._listing.dead
+        tasks, dead, alive = self._listing.tasks, self._listing.dead, self._listing.alive_on
         for node in self._dirty:
             ranks = on_node.get(node)
             if ranks is None or node not in healthy:
@@ -83,12 +84,14 @@ class SlotEvents:
             version = versions[node] = versions.get(node, 0) + 1
             held = free.get(node, 0) + extra.get(node, 0)
             next_slot = (held // size + 1) * size
+            if held + alive.get(node, 0) < next_slot:
+                continue  # all its live candidates together make no slot: no events
             for rank in ranks:
                 if not dead[rank]:
                     held += tasks[rank].placement[node]
-                    if held >= next_slot:
+                    while held >= next_slot:  # a candidate may bring several slots
                         heapq.heappush(heap, (rank, node, version))
-                        break
+                        next_slot += size
         self._dirty.clear()
 
     def events_on(self, node: str, deviation: Deviation) -> Iterator[int]:
@@ -123,7 +126,7 @@ class SlotEvents:
         if self._dirty:
             self._catch_up()
         heap, version = self._heap, self._version
-        # Later events of the nodes met, and every event of the deviating ones.
+        # Every event of the deviating ones, as this preemptor sees them.
         side: list[tuple[int, str, Iterator[int]]] = []
         for node, deviation in sorted(deviations.items()):
             if node in self._healthy:
@@ -131,18 +134,20 @@ class SlotEvents:
         popped: list[tuple[int, str, int]] = []
         try:
             while True:
-                while heap and (heap[0][2] != version.get(heap[0][1]) or heap[0][1] in deviations):
-                    entry = heapq.heappop(heap)
-                    if entry[2] == version.get(entry[1]):
-                        popped.append(entry)  # current, but this preemptor sees it differently
-                main = heap[0] if heap else None
+                main = None
+                while heap:  # stale entries go for good, as they come to the top
+                    top = heap[0]
+                    if top[2] != version.get(top[1]):
+                        heapq.heappop(heap)
+                    elif top[1] in deviations:
+                        popped.append(heapq.heappop(heap))  # this preemptor sees it differently
+                    else:
+                        main = top
+                        break
                 other = side[0] if side else None
                 if main is not None and (other is None or main[0] <= other[0]):
                     rank, node = main[0], main[1]
                     popped.append(heapq.heappop(heap))
-                    later = self.events_on(node, Deviation())
-                    next(later)
-                    self._push_next(side, node, later)
                 elif other is not None:
                     rank, node, later = heapq.heappop(side)
                     self._push_next(side, node, later)
