@@ -17,6 +17,12 @@ drain rate (this machine and broker only, and noisy when other work shares the C
 its messages per CPU-second of its own process (its intrinsic cost, portable). Targets:
 the Ingestor >= 4,000 msg/s wall-clock here, and >= 0.8 of the bare subscriber's messages
 per CPU-second. Exits 1 when a target is missed.
+
+The states carry what an agent with attribution on sends (an owner per GPU). The ledger is
+not on this path: it samples the model every few seconds and writes from a thread, so it
+adds nothing per message. The Ingestor takes each message where paho reads it, while the
+bare subscriber iterates aiomqtt's ``client.messages`` (a task per message), so the
+Ingestor can come out ahead of a bare subscriber that also decodes (the reference line).
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from gpuwarden_common.health import Action, Finding, Health, Severity
 from gpuwarden_common.wire import (
     EccCounts,
     EventMessage,
+    GpuOwner,
     GpuProcess,
     GpuState,
     HostState,
@@ -68,7 +75,8 @@ TARGET_RATIO = 0.8  # of the bare subscriber's messages per CPU-second
 
 
 def realistic_state(node: str, seq: int, gpus: int = 8) -> StateMessage:
-    """What an 8-GPU training node reports: every field read, a few processes per GPU."""
+    """What an 8-GPU training node reports: every field read, a few processes per GPU,
+    attributed to the pod they run in (the agent's ``--proc-root`` on)."""
     return StateMessage(
         cluster=CLUSTER, node=node, seq=seq, boot_id="3f1c9a52-8e7b-4d6f-a0c1-5b2e9d7f4a10",
         ts=time.time(), interval_s=10, instance_type="p5.48xlarge", driver_version="550.90.07",
@@ -89,10 +97,20 @@ def realistic_state(node: str, seq: int, gpus: int = 8) -> StateMessage:
                 row_remap=RowRemap(correctable=1), pcie=Pcie(gen=5, max_gen=5, width=16,
                                                              max_width=16, replay_count=0),
                 nvlink=NvLink(links_total=18, links_up=18),
+                utilization_source="samples", utilization_window_s=10.0,
                 processes=[
                     GpuProcess(pid=41_000 + i * 10 + p, used_memory_bytes=17_000_000_000,
                                name="/usr/bin/python3")
                     for p in range(4)
+                ],
+                # attribution on: the training pod that owns all four processes
+                owners=[
+                    GpuOwner(kind="k8s-pod", pod_uid="5c3b8e3a-2f6d-4c1e-9a7b-0d8e6f4a2b1c",
+                             container_id="containerd://9f86d081884c7d659a2feaa0c55ad015a3bf4f"
+                                          "1b2b0b822cd15d6c15b0f00a08",
+                             pids=[41_000 + i * 10 + p for p in range(4)],
+                             used_memory_bytes=68_000_000_000, sm_util_pct=96.0,
+                             memory_util_pct=60.0)
                 ],
             )
             for i in range(gpus)
@@ -101,6 +119,7 @@ def realistic_state(node: str, seq: int, gpus: int = 8) -> StateMessage:
                        load15=69.9, memory_used_bytes=1_100_000_000_000,
                        memory_total_bytes=2_000_000_000_000, disk_used_bytes=3_000_000_000_000,
                        disk_total_bytes=7_600_000_000_000, uptime_s=864_000.0),
+        attribution="cgroup",
         findings=[
             Finding(check="ecc", severity=Severity.WARNING, code="ECC-SBE-RATE",
                     message="GPU 3: corrected ECC errors rising", gpu_index=3),
