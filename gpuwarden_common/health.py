@@ -86,7 +86,8 @@ def severity_of_health(health: Health) -> Severity:
     return _HEALTH_SEVERITY[health]
 
 
-class Finding(msgspec.Struct, frozen=True, kw_only=True):
+# gc=False: untracked by the cyclic collector, as the wire's structs are (see wire._Struct)
+class Finding(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One conclusion of one check about one GPU (gpu_index set) or the host (gpu_index None).
 
     A check that could not run yields severity ``warning`` with ``unknown=True``: the device is

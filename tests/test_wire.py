@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import json
 
 import msgspec
@@ -179,6 +180,16 @@ def test_the_coordinator_reads_the_owners_and_attribution_a_state_carries() -> N
     assert isinstance(digest, StateDigest)
     assert digest.attribution == "cgroup"
     assert digest.gpus[0].owners == msg.gpus[0].owners
+
+
+def test_a_decoded_state_leaves_nothing_for_the_cyclic_garbage_collector_to_track() -> None:
+    digest = decode(node_topic("c1", "gpu-1", Kind.STATE), encode(_attributed_state()))
+    assert isinstance(digest, StateDigest)
+    gpu = digest.gpus[0]
+
+    structs = [digest, gpu, *gpu.owners]
+
+    assert not any(gc.is_tracked(s) for s in structs)
 
 
 def test_owner_fields_left_at_their_default_are_not_sent() -> None:
