@@ -129,10 +129,6 @@ class Ingestor:
     per node: the agent keeps an event until then, so delivery is end to end.
     """
 
-    # Give the event loop a turn this often under a backlog, so the HTTP API and timers
-    # stay live while a flood is drained.
-    _YIELD_EVERY = 64
-
     def __init__(
         self,
         broker: BrokerSettings,
@@ -182,6 +178,7 @@ class Ingestor:
         self._acks_due: dict[str, list[str]] = {}
         self._ack_wake = asyncio.Event()
         self._clock = clock
+        self._delivery = _delivery_to(self._deliver)
         self._log_limiter = LogLimiter(log_per_reason_per_minute)
         self._received_rate = RateMeter()
         self._accepted_rate = RateMeter()
@@ -254,6 +251,7 @@ class Ingestor:
                     clean_session=False if self._persistent else None,
                     keepalive=self._keepalive_s,
                     timeout=10,
+                    queue_type=self._delivery,
                 ) as client:
                     await client.subscribe(
                         [(t, 1) for t in (*agent_subscriptions(self._cluster), *self._feed_topics)]
@@ -304,17 +302,22 @@ class Ingestor:
                 del self._pending_retained[topic]
 
     async def _consume(self, client: aiomqtt.Client) -> None:
-        handled = 0
-        feed_suffix = (f"/{Kind.VERDICT.value}", "/cluster/health")
-        async for message in client.messages:
-            topic = message.topic.value
-            if self._on_feed is not None and topic.endswith(feed_suffix):
-                self._on_feed(topic, _payload_bytes(message.payload))
-                continue
-            self.handle(topic, _payload_bytes(message.payload))
-            handled += 1
-            if handled % self._YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+        """Until the connection drops. Messages never come out of this iterator: the
+        delivery queue hands each to ``_deliver`` as paho reads it, so this only waits for
+        the disconnect that ends the iteration with ``MqttError``."""
+        async for message in client.messages:  # pragma: no cover - delivery takes them all
+            self._deliver(message)
+
+    def _deliver(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        payload = _payload_bytes(message.payload)
+        if self._on_feed is not None and topic.endswith(_FEED_SUFFIXES):
+            try:
+                self._on_feed(topic, payload)
+            except Exception:
+                self._internal_error(topic, self._clock())
+            return
+        self.handle(topic, payload)
 
     def handle(self, topic: str, payload: bytes) -> None:
         """One received message, start to end. Never raises (but for BaseException)."""
@@ -415,6 +418,30 @@ class Ingestor:
             log.exception(
                 "agent message could not be handled", topic=topic[:200], suppressed=suppressed
             )
+
+
+_FEED_SUFFIXES = (f"/{Kind.VERDICT.value}", "/cluster/health")
+
+
+def _delivery_to(
+    deliver: Callable[[aiomqtt.Message], None],
+) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """aiomqtt's incoming-message queue class, made to hand each message on at once.
+
+    aiomqtt puts every message paho reads into this queue, and its iterator then spends a
+    new task and an ``asyncio.wait`` on taking each one out again, which costs about as
+    much CPU as the coordinator's own handling of a 12 KB state, decoding included.
+    Handled where paho reads it instead, a message costs one call. Each socket read is its
+    own event-loop step, so timers and the HTTP API still get their turns under a backlog;
+    and a slow sink slows the reads (TCP pushes back on the broker, which queues within its
+    limits) instead of growing an unbounded queue in this process.
+    """
+
+    class DirectDelivery(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            deliver(item)
+
+    return DirectDelivery
 
 
 def _payload_bytes(payload: object) -> bytes:

@@ -483,6 +483,8 @@ async def ingesting(
     gate: IngestGate | None = None,
     *,
     should_ack: Callable[[], bool] = lambda: True,
+    client_id: str | None = None,
+    on_feed: Callable[[str, bytes], None] | None = None,
 ) -> AsyncIterator[Ingestor]:
     broker = BrokerSettings.from_url(f"mqtt://127.0.0.1:{port}")
     ingestor = Ingestor(
@@ -490,6 +492,9 @@ async def ingesting(
         CLUSTER,
         sink,
         gate or IngestGate(CLUSTER, registry),
+        client_id=client_id,
+        persistent_session=client_id is not None,
+        on_feed=on_feed,
         reconnect_min_s=0.05,
         reconnect_max_s=0.2,
         should_ack=should_ack,
@@ -602,6 +607,28 @@ async def test_a_sink_that_raises_is_counted_as_internal_error_and_the_loop_goes
 
 
 @pytest.mark.broker
+async def test_a_feed_handler_that_raises_is_counted_and_the_connection_carries_on(
+    mosquitto: Mosquitto, registry: CollectorRegistry
+) -> None:
+    port = mosquitto.port
+    sink = RecordingSink()
+
+    def choke(_topic: str, _payload: bytes) -> None:
+        raise RuntimeError("the feed choked")
+
+    async with (
+        ingesting(port, sink, registry, on_feed=choke) as ingestor,
+        agent(port) as client,
+    ):
+        await client.publish(node_topic(CLUSTER, NODE, Kind.VERDICT), b"{}", qos=1)
+        await send(client, state(1))
+        received = await sink.wait_for(1)
+        stats = ingestor.stats()
+    assert received == [state(1)]
+    assert (stats.internal_errors, stats.connects) == (1, 1)
+
+
+@pytest.mark.broker
 async def test_a_retained_state_is_delivered_once_and_its_replay_is_stale(
     mosquitto: Mosquitto, registry: CollectorRegistry
 ) -> None:
@@ -615,6 +642,39 @@ async def test_a_retained_state_is_delivered_once_and_its_replay_is_stale(
             await eventually(lambda: ingestor.stats().received == 1)
     assert sink.received == [state(1)]
     assert metric(registry, "gpuwarden_ingest_rejected_total", reason="stale") == 1
+
+
+@pytest.mark.broker
+async def test_a_backlog_is_drained_in_turns_that_leave_the_event_loop_live(
+    mosquitto: Mosquitto, registry: CollectorRegistry
+) -> None:
+    """Messages are handled where they are read, a read per event-loop step: other work
+    (the HTTP API, timers) keeps its turns while a coordinator back from an outage takes
+    what its session queued."""
+    backlog = 2000
+    async with ingesting(mosquitto.port, RecordingSink(), registry, client_id="coord"):
+        pass  # the persistent session and its subscriptions now exist
+    async with agent(mosquitto.port) as client:
+        for seq in range(1, backlog + 1):
+            await send(client, state(seq))
+    sink = RecordingSink()
+    seen_by_other_work: list[int] = []
+
+    async def other_work() -> None:
+        while True:
+            seen_by_other_work.append(len(sink.received))
+            await asyncio.sleep(0)
+
+    async with contextlib.AsyncExitStack() as stack:
+        ticker = asyncio.create_task(other_work())
+        stack.callback(ticker.cancel)
+        await stack.enter_async_context(
+            ingesting(mosquitto.port, sink, CollectorRegistry(), client_id="coord")
+        )
+        received = await sink.wait_for(backlog)
+    assert [m.seq for m in received] == list(range(1, backlog + 1))
+    turns_mid_drain = {n for n in seen_by_other_work if 0 < n < backlog}
+    assert len(turns_mid_drain) >= backlog // 10  # a turn at least every ten messages
 
 
 @pytest.mark.broker
