@@ -6,11 +6,17 @@ Fills an SQLite store the way the recorder's flushes do (hourly rows per team an
 type, the cluster's hourly rows, a row per task and a row per task per day it ran), then
 times the summary and task reports over the whole range, each read from the store, built and
 written as CSV. Target: each under 2 s. Prints the store's size: the ledger of a month.
+
+Then serves the month's task report through the coordinator's HTTP API (the real app and
+``UsageService``, over loopback), as CSV and as JSON, while a 1 ms timer runs on the same
+event loop, and prints the longest the timer waited: how long the coordinator's ingest and
+fault handling stop while someone exports a report (figures only, no target).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import sys
 import tempfile
@@ -20,8 +26,13 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from coordinator.api import build_app
 from coordinator.ledger.books import read_rows
-from coordinator.ledger.report import summary_report, tasks_report, to_csv
+from coordinator.ledger.report import Report, summary_report, tasks_report, to_csv
+from coordinator.ledger.service import UsageService
 from coordinator.store import open_store
 
 DAY = 86400
@@ -63,6 +74,51 @@ def fill(url: str, teams: int, tasks: int, days: int, types: int) -> None:
         store.run(work)
 
 
+class _Backend:
+    """The API's backend as the daemon is, for its usage route: a ``UsageService``."""
+
+    def __init__(self, service: UsageService) -> None:
+        self.service = service
+
+    async def usage_report(self, kind: str, start: float, end: float,
+                           team: str | None) -> Report | None:  # fmt: skip
+        return await self.service.report(kind, start, end, team)
+
+
+async def serve_stalls(url: str, days: int) -> None:
+    """The longest wait of a 1 ms timer on the API's event loop while it serves the month."""
+    last_day = time.strftime("%Y-%m-%d", time.gmtime(START + (days - 1) * DAY))
+    first_day = time.strftime("%Y-%m-%d", time.gmtime(START))
+    with open_store(url) as store:
+        app = build_app(_Backend(UsageService(store, None)), CollectorRegistry(),  # type: ignore[arg-type]
+                        api_token=None)  # fmt: skip
+        async with TestClient(TestServer(app)) as http:
+            for fmt in ("csv", "json"):
+                waits: list[float] = []
+                done = asyncio.Event()
+                ticking = asyncio.create_task(_timer(waits, done))
+                started = time.perf_counter()
+                answer = await http.get(f"/api/v1/usage/tasks?from={first_day}&to={last_day}"
+                                        f"&format={fmt}")  # fmt: skip
+                size = len(await answer.read())
+                took = time.perf_counter() - started
+                done.set()
+                await ticking
+                print(f"API, tasks report as {fmt}: {size / 2**20:.1f} MiB in {took:.2f}s; the "
+                      f"event loop's longest stall meanwhile {max(waits) * 1000:.0f} ms",
+                      flush=True)
+
+
+async def _timer(waits: list[float], done: asyncio.Event) -> None:
+    """Every 1 ms until ``done``, noting how long each turn really took."""
+    last = time.perf_counter()
+    while not done.is_set():
+        await asyncio.sleep(0.001)
+        now = time.perf_counter()
+        waits.append(now - last)
+        last = now
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--teams", type=int, default=50)
@@ -95,6 +151,7 @@ def main() -> None:
             print(f"{kind} report: {len(report.rows):,} rows, {len(text) / 2**20:.1f} MiB of "
                   f"CSV, best of 3 {best:.2f}s (all: {', '.join(f'{t:.2f}' for t in times)}; "
                   f"target < {TARGET_S:.0f}s)", flush=True)
+        asyncio.run(serve_stalls(url, args.days))
     print(f"result: {'PASS' if ok else 'FAIL'}")
     sys.exit(0 if ok else 1)
 

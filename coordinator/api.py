@@ -6,6 +6,7 @@ same backend serves the API, the dashboard and the tests.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,14 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from coordinator.ledger.report import RangeError, Report, parse_range, to_csv, to_json, utc_date
+from coordinator.ledger.report import (
+    RangeError,
+    Report,
+    parse_range,
+    to_csv,
+    to_json_bytes,
+    utc_date,
+)
 
 Json = dict[str, Any]
 
@@ -158,11 +166,14 @@ def build_app(
             "X-Gpuwarden-Range": f"{utc_date(start)}..{utc_date(end - 1)} UTC",
             "X-Gpuwarden-Missing-Periods": str(len(report.missing)),
         }
+        # encoded in a worker thread, in chunks (see report.py): never a stall of the loop
         if fmt == "json":
-            return web.json_response(to_json(report), headers=headers)
+            body = await asyncio.to_thread(to_json_bytes, report)
+            return web.Response(body=body, content_type="application/json", headers=headers)
         name = f"gpuwarden-{kind}-{utc_date(start)}-{utc_date(end - 1)}.csv"
         headers["Content-Disposition"] = f'attachment; filename="{name}"'
-        return web.Response(text=to_csv(report), content_type="text/csv", headers=headers)
+        text = await asyncio.to_thread(to_csv, report)
+        return web.Response(text=text, content_type="text/csv", headers=headers)
 
     def operator(action: str) -> Handler:
         async def handler(req: web.Request) -> web.Response:

@@ -6,22 +6,35 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from coordinator import api as api_module
 from coordinator.api import build_app
 from coordinator.cli import main as gpuwarden
 from coordinator.governance.tasks import Capacity, GovernanceState, Task, TaskState
+from coordinator.ledger import service as service_module
 from coordinator.ledger.accrue import AccrualConfig, Books, GpuReading, NodeReading, accrue, measure
 from coordinator.ledger.books import LedgerBooks, read_rows
 from coordinator.ledger.idle import IdleWatch
 from coordinator.ledger.ledger import Ledger
 from coordinator.ledger.observe import Holding, Observation, observe
 from coordinator.ledger.prices import PricesError, parse_prices
-from coordinator.ledger.report import Report, summary_report, tasks_report
+from coordinator.ledger.report import (
+    Period,
+    Report,
+    TaskRow,
+    summary_report,
+    tasks_report,
+    to_csv,
+    to_json,
+    to_json_bytes,
+)
+from coordinator.ledger.service import UsageService
 from coordinator.store import StoreError, StoreUrl, open_store
 from coordinator.store.legacy import adopt_legacy_audit
 from tests.governance_world import policy, team
@@ -178,6 +191,74 @@ async def test_the_api_serves_the_summary_as_json_and_as_a_csv_download(tmp_path
         assert (await download.text()).startswith("# gpuwarden summary report")
         refused = await http.get("/api/v1/usage/summary?from=2026-03-09&to=2026-03-02")
         assert refused.status == 400 and "swap them" in await refused.text()
+
+
+class _ServiceBackend:
+    """The daemon's way: reports from a :class:`UsageService` on the store."""
+
+    def __init__(self, service: UsageService) -> None:
+        self.service = service
+
+    async def usage_report(self, kind: str, start: float, end: float,
+                           team: str | None) -> Report | None:  # fmt: skip
+        return await self.service.report(kind, start, end, team)
+
+
+async def test_a_report_is_read_built_and_encoded_off_the_event_loops_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A month's task report is 100,000 rows: built or encoded on the event loop, it held
+    ingest and fault handling for a second."""
+    url = f"sqlite:///{tmp_path / 'gpuwarden.db'}"
+    record_a_day(url)
+    threads: dict[str, set[int]] = {}
+
+    def watched(module: object, name: str) -> None:
+        real = getattr(module, name)
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            threads.setdefault(name, set()).add(threading.get_ident())
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    for module, name in ((service_module, "read_rows"), (service_module, "tasks_report"),
+                         (api_module, "to_csv"), (api_module, "to_json_bytes")):  # fmt: skip
+        watched(module, name)
+    with open_store(url) as store:
+        app = build_app(_ServiceBackend(UsageService(store, None)), CollectorRegistry(),
+                        api_token=None)  # type: ignore[arg-type]  # fmt: skip
+        async with TestClient(TestServer(app)) as http:
+            as_json = await http.get("/api/v1/usage/tasks?from=2026-03-02&to=2026-03-02")
+            as_csv = await http.get("/api/v1/usage/tasks?from=2026-03-02&to=2026-03-02"
+                                    "&format=csv")  # fmt: skip
+            rows = (await as_json.json())["rows"]
+            text = await as_csv.text()
+    assert [r["task"] for r in rows] == ["research/llama"]
+    assert "research/llama" in text
+    assert set(threads) == {"read_rows", "tasks_report", "to_csv", "to_json_bytes"}
+    assert threading.get_ident() not in set().union(*threads.values())
+
+
+def test_the_encoded_json_is_the_reports_json_across_chunks() -> None:
+    row = TaskRow("research/llama", "research", "mid", "running", DAY0, None, 8, 1.5, 0.25,
+                  1, 0, 0.0, 47.5)  # fmt: skip
+    for count in (0, 1, 2500):
+        report = Report("tasks", DAY0, DAY0 + 86400, DAY0 + 90000,
+                        (Period("node", "gpu-1", DAY0, DAY0 + 60, "silent"),),
+                        (row,) * count)  # fmt: skip
+
+        assert json.loads(to_json_bytes(report)) == json.loads(json.dumps(to_json(report)))
+
+
+def test_a_csv_written_in_chunks_has_every_row_once() -> None:
+    rows = tuple(TaskRow(f"t/{n}", "t", "", "done", None, None, 1, 1.0, 0.0, 0, 0, 0.0, None)
+                 for n in range(2500))  # fmt: skip
+    report = Report("tasks", DAY0, DAY0 + 86400, DAY0 + 90000, (), rows)
+
+    lines = [line for line in to_csv(report).splitlines() if line.startswith("t/")]
+
+    assert lines == [f"t/{n},t,,done,,,1,1.0,0.0,0,0,0.0," for n in range(2500)]
 
 
 # --- the pure parts --------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
+import msgspec
+
 from coordinator.ledger.accrue import DAY
 from coordinator.ledger.prices import Prices
 
@@ -76,6 +78,9 @@ class Report:
     missing: tuple[Period, ...]
     rows: tuple[SummaryRow, ...] | tuple[TaskRow, ...]
     currency: str | None = None
+
+
+_ENCODER = msgspec.json.Encoder()
 
 
 def utc_date(ts: float) -> str:
@@ -193,14 +198,34 @@ def header_lines(report: Report) -> list[str]:
 
 
 def to_json(report: Report) -> dict[str, Any]:
+    return {**_json_envelope(report), "rows": [r._asdict() for r in report.rows]}
+
+
+def _json_envelope(report: Report) -> dict[str, Any]:
     return {
         "kind": report.kind, "from": report.start, "to": report.end,
         "from_utc": utc_time(report.start), "to_utc": utc_time(report.end),
         "generated_at": report.generated_at, "timezone": "UTC", "units": "GPU-hours",
         "currency": report.currency,
         "missing": [asdict(p) for p in report.missing],
-        "rows": [r._asdict() for r in report.rows],
     }  # fmt: skip
+
+
+# Reports are serialized in a worker thread, but a C-level encoder holds the GIL for all of
+# one call: a month's 100,000 task rows in one call would stall the coordinator's event
+# loop (its ingest, its fault handling) for the whole encoding. Rows go in chunks, and the
+# event loop's thread takes its turn between two.
+_CHUNK = 1000
+
+
+def to_json_bytes(report: Report) -> bytes:
+    """:func:`to_json`, encoded: the API's JSON body."""
+    envelope = _ENCODER.encode({**_json_envelope(report), "rows": []})  # ends in `[]}`
+    chunks = (
+        _ENCODER.encode([r._asdict() for r in report.rows[at:at + _CHUNK]])[1:-1]
+        for at in range(0, len(report.rows), _CHUNK)
+    )
+    return envelope[:-2] + b",".join(chunks) + b"]}"
 
 
 def to_csv(report: Report) -> str:
@@ -210,7 +235,8 @@ def to_csv(report: Report) -> str:
         buffer.write(f"# {line}\n")
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(SummaryRow._fields if report.kind == "summary" else TaskRow._fields)
-    writer.writerows(report.rows)  # None is written as an empty cell
+    for at in range(0, len(report.rows), _CHUNK):
+        writer.writerows(report.rows[at:at + _CHUNK])  # None is written as an empty cell
     return buffer.getvalue()
 
 
