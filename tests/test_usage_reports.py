@@ -269,6 +269,24 @@ def _holding(key: str, gpus: int, node: str = "n", team_name: str = "t",
     return Holding((key, 0.0), team_name, gpus, borrowed, ((node, gpus),), frozenset())
 
 
+def test_each_nodes_reading_is_taken_once_per_observation(tmp_path: Path) -> None:
+    """The coordinator builds a reading afresh from its model on every call: 2,000 nodes'
+    worth each sample, once for silences and again for the shares, was a third of a
+    sample's cost."""
+    calls: list[str] = []
+
+    def reading(node: str) -> NodeReading:
+        calls.append(node)
+        return NodeReading(DAY0, tuple(GpuReading(50.0) for _ in range(8)))
+
+    with open_store(f"sqlite:///{tmp_path / 'gpuwarden.db'}") as store:
+        ledger = Ledger(LedgerBooks(store, "replica-a"), reading, lambda: {},
+                        AccrualConfig(stale_s=1e12), IdleWatch())  # fmt: skip
+        ledger.observe(observe(_state(), POLICY, DAY0))
+
+    assert sorted(calls) == ["gpu-1", "gpu-2"]
+
+
 def test_without_owners_a_nodes_busiest_gpus_are_taken_as_the_allocated_ones() -> None:
     # 2 tasks hold 4 of 8 GPUs; the 4 busy ones run at 80 %, the 4 free ones idle
     reading = NodeReading(0.0, tuple(GpuReading(u) for u in (80, 80, 80, 80, 0, 0, 0, 0)))

@@ -8,6 +8,7 @@ the store.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -106,8 +107,11 @@ class Ledger:
             first = facts.admitted_at
             if first is not None and first < self._books.first_start.get(facts.key, first + 1):
                 self._books.first_start[facts.key] = first
-        self._watch_silence(obs)
-        self._shares = measure(obs.holdings, self._readings, obs.at, self._accrual)
+        # each node's reading is built once per observation (silences, then shares): the
+        # model's readings are built afresh on every call, 2,000 nodes' worth
+        readings: Readings = functools.cache(self._readings)
+        self._watch_silence(obs, readings)
+        self._shares = measure(obs.holdings, readings, obs.at, self._accrual)
         use = task_use(obs.holdings, self._shares)
         self._prev = obs
         changes = self.idle.update({h.key for h in obs.holdings}, use, obs.at)
@@ -118,11 +122,11 @@ class Ledger:
         if until > obs.at:
             accrue(self._books, obs, until, self._shares, self._node_types())
 
-    def _watch_silence(self, obs: Observation) -> None:
+    def _watch_silence(self, obs: Observation, readings: Readings) -> None:
         nodes = set(obs.healthy_by_node) | {n for h in obs.holdings for n, _ in h.placement}
         nodes.discard("")
         for node in nodes:
-            reading = self._readings(node)
+            reading = readings(node)
             silent = reading is None or obs.at - reading.at >= self._accrual.stale_s
             if silent and node not in self._silent:
                 self._silent.add(node)
