@@ -331,6 +331,12 @@ class BorrowedVictims(CandidateList):
             )
         return victim
 
+    def kill(self, rank: int) -> list[str]:
+        # Taken (or no longer lent): it need not live on. A round takes thousands, and
+        # each kept to its end is one more object every garbage collection walks.
+        self._made[rank] = None
+        return super().kill(rank)
+
     def lend(self, book: Book, beyond: bool) -> list[str]:
         """The team moved across its guarantee: its borrowed tasks are reclaimable again
         (``beyond``) or no longer. Returns the nodes whose room changed."""

@@ -18,7 +18,7 @@ task there), walking them cost each preemptor thousands of steps. Internal to th
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from coordinator.governance.candidates import CandidateList
@@ -64,10 +64,10 @@ class SlotEvents:
     def base(self, node: str) -> int:
         return self._free.get(node, 0) + self._extra.get(node, 0)
 
-    def refresh(self, node: str) -> None:
-        """The node's free GPUs or live candidates changed: its events are read again
-        before the next look."""
-        self._dirty.add(node)
+    def refresh_all(self, nodes: Iterable[str]) -> None:
+        """The nodes' free GPUs or live candidates changed: their events are read again
+        before the next look (those it does not hold are passed over then)."""
+        self._dirty.update(nodes)
 
     def _catch_up(self) -> None:
         """Reads the events of every changed node again (a plain loop: an index is built
