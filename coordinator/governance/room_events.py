@@ -10,7 +10,7 @@ from coordinator.governance.candidates import BorrowedVictims, CandidateList, Ow
 from coordinator.governance.choice import Choice, Detour, Trial, may_preempt_own, own_nodes
 from coordinator.governance.placement import FreeGpus
 from coordinator.governance.room import Room
-from coordinator.governance.slot_events import Deviation, SlotEvents
+from coordinator.governance.slot_events import Deviation, NodeNumbers, SlotEvents
 
 ANY = 1 << 62
 """A rank, or priority, above every other: "no bound"."""
@@ -24,6 +24,7 @@ class EventRooms:
         self._slots = slots
         self._healthy = healthy
         self._events: dict[tuple[int, int], SlotEvents] = {}
+        self._numbers: NodeNumbers | None = None
         self._indexed_upto: dict[tuple[int, int], int] = {}
         """How many ranks of its list each index has seen."""
 
@@ -155,7 +156,9 @@ class EventRooms:
         events = self._events.get((key, size))
         if events is None:
             extra = under.alive_on if under is not None else None
-            events = SlotEvents(size, listing, self._slots.by_node, self._healthy, extra)
+            if self._numbers is None:
+                self._numbers = NodeNumbers(self._healthy)
+            events = SlotEvents(size, listing, self._slots.by_node, self._numbers, extra)
             self._events[key, size] = events
             self._indexed_upto[key, size] = listing.ranked()
         elif self._indexed_upto[key, size] < listing.ranked():
