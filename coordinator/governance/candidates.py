@@ -256,13 +256,15 @@ class CandidateList:
         self.dead.extend([False] * len(tasks))
         self._skips.grow(len(self.tasks))
         ranks = self._rank_of
-        taken = self._taken
-        for rank, task in enumerate(tasks, start):
-            if ranks is not None:
+        if ranks is not None:
+            for rank, task in enumerate(tasks, start):
                 ranks[task.key] = rank
-            if task.key in taken:
-                self.dead[rank] = True
-                self._skips.kill(rank)
+        taken = self._taken
+        if taken:  # none, when the round's first preemptor makes the list
+            for rank, task in enumerate(tasks, start):
+                if task.key in taken:
+                    self.dead[rank] = True
+                    self._skips.kill(rank)
         if self._on_node is not None:
             self._index_nodes(start)
 
@@ -310,32 +312,43 @@ class BorrowedVictims(CandidateList):
                     owners.extend([book] * len(members))
                     effective.extend([level] * len(members))
         ranked, work = order.order(tasks, effective)
-        self._owners = [owners[index] for index in ranked]
-        self._effective = [effective[index] for index in ranked]
-        self._work = [work[index] for index in ranked]
+        # What a candidate is made of stays where it was gathered, read through its
+        # position: permuting each list into victim order cost more than the few
+        # thousand candidates a round makes read.
+        self._position = ranked
+        self._owners = owners
+        self._effective = effective
+        self._work = work
         self._made: list[Victim | None] = [None] * len(ranked)
         self._append([tasks[index] for index in ranked])
 
     def victim_at(self, rank: int) -> Victim:
         victim = self._made[rank]
         if victim is None:
-            task = self.tasks[rank]
+            task, position = self.tasks[rank], self._position[rank]
             victim = self._made[rank] = Victim(
                 task,
                 task.key,
-                self._owners[rank],
+                self._owners[position],
                 task.gpus,
-                self._effective[rank],
-                self._work[rank],
+                self._effective[position],
+                self._work[position],
                 rank,
             )
         return victim
+
+    def kill(self, rank: int) -> list[str]:
+        # Taken (or no longer lent): it need not live on. A round takes thousands, and
+        # each kept to its end is one more object every garbage collection walks.
+        self._made[rank] = None
+        return super().kill(rank)
 
     def lend(self, book: Book, beyond: bool) -> list[str]:
         """The team moved across its guarantee: its borrowed tasks are reclaimable again
         (``beyond``) or no longer. Returns the nodes whose room changed."""
         nodes: list[str] = []
-        ranks = [rank for rank, owner in enumerate(self._owners) if owner is book]
+        owners = self._owners
+        ranks = [rank for rank, position in enumerate(self._position) if owners[position] is book]
         if beyond:
             for rank in ranks:
                 nodes.extend(self._revive(rank))

@@ -10,7 +10,7 @@ from coordinator.governance.candidates import BorrowedVictims, CandidateList, Ow
 from coordinator.governance.choice import Choice, Detour, Trial, may_preempt_own, own_nodes
 from coordinator.governance.placement import FreeGpus
 from coordinator.governance.room import Room
-from coordinator.governance.slot_events import Deviation, SlotEvents
+from coordinator.governance.slot_events import Deviation, NodeNumbers, SlotEvents
 
 ANY = 1 << 62
 """A rank, or priority, above every other: "no bound"."""
@@ -24,17 +24,23 @@ class EventRooms:
         self._slots = slots
         self._healthy = healthy
         self._events: dict[tuple[int, int], SlotEvents] = {}
-        self._indexed: dict[str, list[SlotEvents]] = {}
-        """The slot event indexes that hold each node."""
+        self._numbers: NodeNumbers | None = None
         self._indexed_upto: dict[tuple[int, int], int] = {}
         """How many ranks of its list each index has seen."""
 
     def nodes_changed(self, nodes: Iterable[str]) -> None:
-        """Free GPUs, or live candidates, changed on those nodes."""
-        indexed = self._indexed
-        for node in nodes:
-            for events in indexed.get(node, ()):
-                events.refresh(node)
+        """Free GPUs, or live candidates, changed on those nodes. Told to every index, as
+        a round has a few: one that does not hold a node passes over it when it next
+        reads, which costs less than knowing, for each of thousands of nodes, which
+        indexes hold it."""
+        every = self._events.values()
+        if len(every) == 1:
+            (events,) = every
+            events.refresh_all(nodes)
+        elif every:
+            changed = set(nodes)
+            for events in every:
+                events.refresh_all(changed)
 
     def reclaim(self, choice: Choice, trial: Trial, room: Room, borrowed: BorrowedVictims) -> None:
         """The pods fit first at the latest of the ranks where each size has its slots;
@@ -150,10 +156,10 @@ class EventRooms:
         events = self._events.get((key, size))
         if events is None:
             extra = under.alive_on if under is not None else None
-            events = SlotEvents(size, listing, self._slots.by_node, self._healthy, extra)
+            if self._numbers is None:
+                self._numbers = NodeNumbers(self._healthy)
+            events = SlotEvents(size, listing, self._slots.by_node, self._numbers, extra)
             self._events[key, size] = events
-            for node in listing.on_node:
-                self._indexed.setdefault(node, []).append(events)
             self._indexed_upto[key, size] = listing.ranked()
         elif self._indexed_upto[key, size] < listing.ranked():
             # a walk ordered more of a team's own tasks since
@@ -166,11 +172,7 @@ class EventRooms:
         nodes: set[str] = set()
         for task in listing.tasks[start:]:
             nodes.update(node for node, gpus in task.placement.items() if gpus > 0)
-        for node in sorted(nodes):
-            holders = self._indexed.setdefault(node, [])
-            if events not in holders:
-                holders.append(events)
-            events.refresh(node)
+        events.refresh_all(nodes)
 
     def _deviations(
         self, trial: Trial, listing: CandidateList, under: BorrowedVictims | None

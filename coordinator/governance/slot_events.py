@@ -18,7 +18,7 @@ task there), walking them cost each preemptor thousands of steps. Internal to th
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from coordinator.governance.candidates import CandidateList
@@ -35,6 +35,25 @@ class Deviation:
     """A rank it may not take (-1: none)."""
 
 
+_RANK = 64
+_NODE = 32
+_LOW = (1 << 32) - 1
+"""A heap entry is one int: the event's rank, its node's number and the node's version
+when read, in that order of significance (``rank << _RANK | node << _NODE | version``).
+Ordered as the tuple of the three would be (nodes are numbered in name order), but ints
+compare several times faster than tuples in the heap's sifts, and the GC does not track
+them: a round pushes thousands."""
+
+
+class NodeNumbers:
+    """The round's healthy nodes numbered in name order, shared by its slot event
+    indexes."""
+
+    def __init__(self, healthy: Iterable[str]) -> None:
+        self.names = sorted(healthy)
+        self.of = {name: number for number, name in enumerate(self.names)}
+
+
 class SlotEvents:
     """For one candidate list and one pod ``size``: every node's slot events, in a heap.
 
@@ -46,17 +65,19 @@ class SlotEvents:
         size: int,
         listing: CandidateList,
         free: Mapping[str, int],
-        healthy: Mapping[str, int],
+        nodes: NodeNumbers,
         base_extra: Mapping[str, int] | None = None,
     ) -> None:
         self.size = size
         self._listing = listing
         self._on_node = listing.on_node
         self._free = free
-        self._healthy = healthy
+        self._nodes = nodes
         self._extra: Mapping[str, int] = base_extra if base_extra is not None else {}
-        self._heap: list[tuple[int, str, int]] = []
-        self._version: dict[str, int] = {}
+        self._heap: list[int] = []
+        self._version = [0] * len(nodes.names)
+        """Per node number, how often its events were read (entries of an older read are
+        stale)."""
         self._dirty: set[str] = set(self._on_node)
         """Nodes whose events are to be read again before the next look (a node changes
         many times between looks, as tasks are placed)."""
@@ -64,33 +85,35 @@ class SlotEvents:
     def base(self, node: str) -> int:
         return self._free.get(node, 0) + self._extra.get(node, 0)
 
-    def refresh(self, node: str) -> None:
-        """The node's free GPUs or live candidates changed: its events are read again
-        before the next look."""
-        self._dirty.add(node)
+    def refresh_all(self, nodes: Iterable[str]) -> None:
+        """The nodes' free GPUs or live candidates changed: their events are read again
+        before the next look (those it does not hold are passed over then)."""
+        self._dirty.update(nodes)
 
     def _catch_up(self) -> None:
         """Reads the events of every changed node again (a plain loop: an index is built
         over thousands of nodes). All of them, not only the first: a look that takes a
         node's first event often needs its next ones, and reading them here, in one pass
         over the node's candidates, costs less than walking the node again at each look."""
-        healthy, on_node, versions, heap = self._healthy, self._on_node, self._version, self._heap
+        numbers, on_node, versions, heap = self._nodes.of, self._on_node, self._version, self._heap
         free, extra, size = self._free, self._extra, self.size
         tasks, dead, alive = self._listing.tasks, self._listing.dead, self._listing.alive_on
         for node in self._dirty:
             ranks = on_node.get(node)
-            if ranks is None or node not in healthy:
-                continue
-            version = versions[node] = versions.get(node, 0) + 1
+            number = numbers.get(node)
+            if ranks is None or number is None:
+                continue  # not a candidate's node, or not healthy
+            version = versions[number] = versions[number] + 1
             held = free.get(node, 0) + extra.get(node, 0)
             next_slot = (held // size + 1) * size
             if held + alive.get(node, 0) < next_slot:
                 continue  # all its live candidates together make no slot: no events
+            low = number << _NODE | version
             for rank in ranks:
                 if not dead[rank]:
                     held += tasks[rank].placement[node]
                     while held >= next_slot:  # a candidate may bring several slots
-                        heapq.heappush(heap, (rank, node, version))
+                        heapq.heappush(heap, rank << _RANK | low)
                         next_slot += size
         self._dirty.clear()
 
@@ -125,28 +148,29 @@ class SlotEvents:
             return found
         if self._dirty:
             self._catch_up()
-        heap, version = self._heap, self._version
+        heap, versions, names = self._heap, self._version, self._nodes.names
         # Every event of the deviating ones, as this preemptor sees them.
         side: list[tuple[int, str, Iterator[int]]] = []
         for node, deviation in sorted(deviations.items()):
-            if node in self._healthy:
+            if node in self._nodes.of:
                 self._push_next(side, node, self.events_on(node, deviation))
-        popped: list[tuple[int, str, int]] = []
+        popped: list[int] = []
         try:
             while True:
                 main = None
                 while heap:  # stale entries go for good, as they come to the top
                     top = heap[0]
-                    if top[2] != version.get(top[1]):
+                    number = top >> _NODE & _LOW
+                    if top & _LOW != versions[number]:
                         heapq.heappop(heap)
-                    elif top[1] in deviations:
+                    elif deviations and names[number] in deviations:
                         popped.append(heapq.heappop(heap))  # this preemptor sees it differently
                     else:
                         main = top
                         break
                 other = side[0] if side else None
-                if main is not None and (other is None or main[0] <= other[0]):
-                    rank, node = main[0], main[1]
+                if main is not None and (other is None or main >> _RANK <= other[0]):
+                    rank, node = main >> _RANK, names[main >> _NODE & _LOW]
                     popped.append(heapq.heappop(heap))
                 elif other is not None:
                     rank, node, later = heapq.heappop(side)
