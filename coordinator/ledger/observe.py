@@ -10,17 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from coordinator.governance.observe import team_summaries
 from coordinator.governance.policy import Policy
-from coordinator.governance.tasks import GovernanceState, Task, TaskState
+from coordinator.governance.tasks import GovernanceState, RequeueCause, Task
 
 NO_TEAM = "(no team)"
 """Tasks in a namespace no team of the policy names."""
 
 
-@dataclass(frozen=True, slots=True)
-class Holding:
+# Holding and TaskFacts are named tuples, not dataclasses: a sample of 10,000 tasks builds
+# thousands of each on the event loop every few seconds, and a frozen dataclass costs five
+# times a tuple to make and four times to compare (the ledger compares each task's facts
+# with the last sample's).
+class Holding(NamedTuple):
     """A task holding GPUs (admitted, running, or preempted and not yet gone)."""
 
     key: tuple[str, float]
@@ -34,8 +38,7 @@ class Holding:
     """Who its processes on a GPU belong to (pod UIDs, Slurm job ids), when known."""
 
 
-@dataclass(frozen=True, slots=True)
-class TaskFacts:
+class TaskFacts(NamedTuple):
     """What the task report says about a task, as of this instant."""
 
     key: tuple[str, float]
@@ -111,7 +114,7 @@ def _facts(task: Task, teams: Mapping[str, str], *, gone: bool = False) -> TaskF
         priority_class=task.priority_class, gpus=task.gpus, state=_status(task, gone),
         admitted_at=task.admitted_at, started_at=task.started_at,
         last_checkpoint=task.last_checkpoint, preempted_at=task.preempted_at,
-        fault_requeue=task.requeue_cause is not None and task.requeue_cause.value == "fault",
+        fault_requeue=task.requeue_cause == RequeueCause.FAULT,
         preemptions=task.times_preempted, requeues=task.requeue_count,
         finished_at=task.finished_at, gone=gone,
     )  # fmt: skip
@@ -120,4 +123,4 @@ def _facts(task: Task, teams: Mapping[str, str], *, gone: bool = False) -> TaskF
 def _status(task: Task, gone: bool) -> str:
     if gone and not task.state.done:
         return "removed"  # dropped by governance (its pods never came back)
-    return TaskState(task.state).value
+    return task.state.value
