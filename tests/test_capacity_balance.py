@@ -62,3 +62,19 @@ def test_there_is_no_unassigned_capacity_when_quotas_exceed_the_cluster() -> Non
     world = World(gpus=8)
     teams = team_summaries(world.state, policy(team("a", 12), team("b", 4)))
     assert unassigned_summary(world.state, teams).gpus == 0
+
+
+def test_a_borrower_left_on_a_dont_lend_teams_idle_guarantee_counts_as_lent_by_it() -> None:
+    """b borrowed a's idle GPU; a came back and took the free one, which was c's guarantee:
+    b now runs on c's idle guarantee (c takes it back by reclaim when it needs it)."""
+    world = World(gpus=3)
+    world.running("b", "x", 2)
+    world.running("a", "y", 1)
+    chosen = policy(team("a", 1), team("b", 1), team("c", 1, lending="dont-lend"))
+
+    teams = team_summaries(world.state, chosen)
+
+    assert [(t.team, t.borrowed, t.lent) for t in teams] == [
+        ("a", 0, 0), ("b", 1, 0), ("c", 0, 1)
+    ]  # fmt: skip
+    assert unassigned_summary(world.state, teams).used == 0

@@ -110,17 +110,29 @@ def unassigned_summary(state: GovernanceState, teams: Sequence[TeamSummary]) -> 
 def _attribute_lending(
     policy: Policy, guarantees: list[int], allocated: list[int], borrowed: int, healthy: int
 ) -> list[int]:
+    """Borrowing beyond the unowned GPUs, on the teams' idle guarantees: lending teams'
+    first, in proportion to their idle guarantee; what is left on the idle guarantee of
+    teams that do not lend.
+
+    The second happens although the engine never lends a ``dont-lend`` team's GPUs: a
+    lending team that comes back takes free GPUs rather than reclaiming its own from the
+    borrower, so the borrower ends on the other team's guarantee. That team takes it back
+    by reclaim when it needs it; until then its idle GPUs are in use, and counted lent, so
+    that borrowed = lent + unassigned in use holds."""
     unowned = max(0, healthy - sum(guarantees))
-    to_lenders = max(0, borrowed - unowned)
-    idle = [
-        max(0, guarantee - held) if team.lending.lends else 0
-        for team, guarantee, held in zip(policy.teams, guarantees, allocated, strict=True)
-    ]
-    total_idle = sum(idle)
-    if to_lenders == 0 or total_idle == 0:
-        return [0] * len(idle)
-    to_lenders = min(to_lenders, total_idle)
-    return scaled_guarantees(idle, to_lenders)
+    left = max(0, borrowed - unowned)
+    idle = [max(0, guarantee - held) for guarantee, held in zip(guarantees, allocated, strict=True)]
+    lent = [0] * len(idle)
+    for lending in (True, False):
+        pool = [
+            gpus if team.lending.lends == lending else 0
+            for team, gpus in zip(policy.teams, idle, strict=True)
+        ]
+        share = min(left, sum(pool))
+        if share:
+            lent = [a + b for a, b in zip(lent, scaled_guarantees(pool, share), strict=True)]
+            left -= share
+    return lent
 
 
 def class_summaries(state: GovernanceState, policy: Policy, now: float) -> list[ClassSummary]:
