@@ -14,8 +14,9 @@ import structlog
 import structlog.testing
 from prometheus_client import CollectorRegistry
 
-from coordinator.ingest import Ingestor, LogLimiter, RateMeter, backoff_delay
+from coordinator.ingest import Ingestor, backoff_delay
 from coordinator.ingest_gate import IngestGate
+from coordinator.ingest_rates import LogLimiter, RateMeter
 from gpuwarden_common.broker import BrokerSettings
 from gpuwarden_common.health import Action, Health, Severity
 from gpuwarden_common.wire import (
