@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from coordinator.api import build_app
 from coordinator.ledger.books import read_rows
-from coordinator.ledger.report import Report, summary_report, tasks_report, to_csv
+from coordinator.ledger.report import Report, summary_report, tasks_report, to_csv, utc_date
 from coordinator.ledger.service import UsageService
 from coordinator.store import open_store
 
@@ -87,8 +87,7 @@ class _Backend:
 
 async def serve_stalls(url: str, days: int) -> None:
     """The longest wait of a 1 ms timer on the API's event loop while it serves the month."""
-    last_day = time.strftime("%Y-%m-%d", time.gmtime(START + (days - 1) * DAY))
-    first_day = time.strftime("%Y-%m-%d", time.gmtime(START))
+    first_day, last_day = utc_date(START), utc_date(START + (days - 1) * DAY)
     with open_store(url) as store:
         app = build_app(_Backend(UsageService(store, None)), CollectorRegistry(),  # type: ignore[arg-type]
                         api_token=None)  # fmt: skip
