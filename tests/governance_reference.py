@@ -38,6 +38,7 @@ class Outcome:
     admit: list[tuple[str, int, int, tuple[tuple[str, int], ...] | None]]
     preempt: list[tuple[str, str, str, int, float]]
     waiting: list[str]
+    stopped_at: str | None = None
 
 
 @dataclass
@@ -84,6 +85,7 @@ class _Reference:
         self.admits: list[tuple[str, int, int, tuple[tuple[str, int], ...] | None]] = []
         self.preempts: list[tuple[str, str, str, int, float]] = []
         self.waiting: set[str] = set()
+        self.stopped_at: str | None = None
         self.taken: set[str] = set()
         self.inflight: dict[str, int] = {}
         self.claimed: dict[str, int] = {}
@@ -143,6 +145,17 @@ class _Reference:
         else:
             self.queue.sort(key=lambda t: (t.queued_at, t.key))
         precommitted = self._precommit()
+        try:
+            self._passes(precommitted)
+        except _Stopped as stop:  # the round's victims are chosen: the rest waits
+            self.stopped_at = stop.key
+        admitted = {key for key, *_ in self.admits}
+        for task in self.queue:
+            if task.key not in admitted:
+                self.waiting.add(task.key)
+        return Outcome(self.admits, self.preempts, sorted(self.waiting), self.stopped_at)
+
+    def _passes(self, precommitted: dict[str, int]) -> None:
         beyond: list[Task] = []
         for task in self.queue:
             team = self.team_of[task.namespace]
@@ -164,11 +177,6 @@ class _Reference:
             may = team.preempts_own and team.used <= team.guarantee
             if may and team.used + task.gpus > team.guarantee:
                 self._preempt_for(task, team)
-        admitted = {key for key, *_ in self.admits}
-        for task in self.queue:
-            if task.key not in admitted:
-                self.waiting.add(task.key)
-        return Outcome(self.admits, self.preempts, sorted(self.waiting))
 
     def _precommit(self) -> dict[str, int]:
         held: dict[str, int] = {}
@@ -263,6 +271,8 @@ class _Reference:
             return True
         if not self._bounds(task, team, need_free, need_quota):
             return False
+        if len(self.preempts) >= self.policy.preemption.max_victims_per_round:
+            raise _Stopped(task.key)
         victims = self._choose(task, team, need_free, need_quota)
         if victims is None:
             return False
@@ -433,6 +443,12 @@ class _Reference:
         return kept
 
 
+class _Stopped(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
 def _admitted(task: Task) -> float:
     return task.admitted_at if task.admitted_at is not None else task.queued_at
 
@@ -443,4 +459,5 @@ def outcome_of(decisions: Decisions) -> Outcome:
         [(a.task, a.gpus, a.borrowed, a.nodes) for a in decisions.admit],
         [(p.victim, p.preemptor, str(p.cause), p.gpus, p.grace_s) for p in decisions.preempt],
         sorted(decisions.waiting),
+        decisions.stopped_at,
     )

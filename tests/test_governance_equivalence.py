@@ -1,6 +1,7 @@
 """The engine decides exactly as the plain statement of the rules (tests/governance_reference.py)
 on random clusters: full ones, fragmented ones, gangs of one and of several pod sizes, victims
-on several nodes, preemptions in flight and GPUs owed to their preemptors."""
+on several nodes, preemptions in flight and GPUs owed to their preemptors, and rounds that
+stop at their victim budget."""
 
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ def clusters(draw: st.DrawFn) -> Case:
             "victimOrder": draw(st.sampled_from(["checkpoint-aware", "priority-then-recent"])),
             "agingBoostPerPreemption": 5,
             "agingMaxBoost": 20,
+            # small budgets stop rounds part way (see test_governance_victim_budget.py)
+            "maxVictimsPerRound": draw(st.sampled_from([1, 2, 3, 5, 1000])),
         }
     }
     chosen = policy(

@@ -68,6 +68,10 @@ class Decisions:
     admit: tuple[Admit, ...] = ()
     preempt: tuple[Preempt, ...] = ()
     waiting: Mapping[str, str] = field(default_factory=dict)
+    stopped_at: str | None = None
+    """The task whose victim search the round did not start, having chosen
+    ``preemption.maxVictimsPerRound`` victims: it and the undecided tasks after it wait for
+    the next round. None: the round went through the whole queue."""
 
     def __iter__(self) -> Iterator[Decision]:
         yield from self.preempt

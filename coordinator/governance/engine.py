@@ -25,6 +25,12 @@ its victims free are its own, first, once they are gone, until it is admitted. W
 capacity per node, a set of victims must also leave room for the task's pods on the nodes;
 no task is preempted for a gang that would still not fit.
 
+A round chooses at most ``preemption.maxVictimsPerRound`` victims, give or take the last
+preemptor's set (a set is whole or not chosen): the next task that would look for victims
+stops the round, and it and every task not yet decided wait for the next round. So a round's
+work, and the checkpoint storm it starts, is bounded whatever the layout; the rounds after
+go on where it stopped, since its preemptors are then on their way and need no new victims.
+
 Pending tasks that do not fit are skipped and smaller ones behind them may go (best
 effort), until the first task of a team's queue has waited past
 ``reservation.afterWaitSeconds``: then capacity is held for it (:mod:`.reservation`). A
@@ -99,6 +105,8 @@ class _Round:
         self.books = Books(policy, healthy)
         taken_in = read_tasks(state, self.books, now)
         self.queue, self.demand, self.waiting = taken_in.queue, taken_in.demand, taken_in.waiting
+        self.victim_budget = policy.preemption.max_victims_per_round
+        self.stopped_at: str | None = None
         self.inflight, self.claimed = taken_in.inflight, taken_in.claimed
         self.leaving = taken_in.leaving
         self.slots: FreeGpus | None
@@ -142,10 +150,33 @@ class _Round:
             )
             if self.inflight or self.claimed:
                 self._precommit()
-            beyond = self._guaranteed_pass()
-            still_waiting = self._borrowing_pass(beyond)
-            self._priority_pass(still_waiting)
-        return Decisions(tuple(self.admits), tuple(self.preempts), self.waiting)
+            try:
+                beyond = self._guaranteed_pass()
+                still_waiting = self._borrowing_pass(beyond)
+                self._priority_pass(still_waiting)
+            except _VictimBudgetSpent as spent:
+                self._stop_at(spent.task)
+        return Decisions(
+            tuple(self.admits), tuple(self.preempts), self.waiting, self.stopped_at
+        )
+
+    def _stop_at(self, task: Task) -> None:
+        """The round chose its victims' worth before ``task`` looked for any: it and every
+        task not decided yet wait for the next round."""
+        self.stopped_at = task.key
+        chosen, budget = len(self.preempts), self.victim_budget
+        self.waiting[task.key] = (
+            f"not looked at for preemption in this round: the round has chosen {chosen} "
+            f"victims (preemption.maxVictimsPerRound: {budget}); the next round goes on here"
+        )
+        later = (
+            f"decided in the next round: this round stopped at {task.key}, having chosen "
+            f"{chosen} victims (preemption.maxVictimsPerRound: {budget})"
+        )
+        admitted = {admit.task for admit in self.admits}
+        for queued in self.queue:
+            if queued.key not in self.waiting and queued.key not in admitted:
+                self.waiting[queued.key] = later
 
     def _precommit(self) -> None:
         """Gives each waiting preemptor what its earlier preemptions are for, before the
@@ -358,6 +389,8 @@ class _Round:
         # Most attempts that cannot succeed stop at these bounds: before a room is built.
         if not self.search.may_suffice(task, book, need_free, need_quota):
             return False
+        if len(self.preempts) >= self.victim_budget:
+            raise _VictimBudgetSpent(task)
         if room is None:
             room = self._room_for(task)
         victims = self.search.choose(
@@ -403,3 +436,12 @@ class _Round:
         self.preempts.extend(
             preempt_decisions(task, book, victims, self.priorities.base(task), self.policy)
         )
+
+
+class _VictimBudgetSpent(Exception):
+    """The round has chosen ``preemption.maxVictimsPerRound`` victims and ``task`` would
+    look for more: the round stops there (see :meth:`_Round._stop_at`)."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__(task.key)
+        self.task = task

@@ -134,6 +134,12 @@ class PreemptionSettings(_Strict):
     waits that long at most (HyperPod and Kueue users expect minutes, not days)."""
     aging_boost_per_preemption: int = Field(default=5, ge=0, le=100)
     aging_max_boost: int = Field(default=20, ge=0, le=100)
+    max_victims_per_round: int = Field(default=1000, ge=1, le=1_000_000)
+    """A round looks for no more victims once it has chosen this many: the preemptor that
+    crosses it still gets its whole set, and the queue from the next task that would
+    preempt on is decided in the next round (Slurm's ``default_queue_depth``, Kueue's one
+    head per ClusterQueue per cycle). It bounds a round's work and the checkpoint storm
+    one round starts, whatever the layout."""
     idle_first: bool = False
     """Among victims of the same standing (borrowed or own, same effective priority), take
     tasks the usage ledger flagged idle (GPUs under --idle-threshold for --idle-after)
