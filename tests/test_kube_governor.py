@@ -492,6 +492,27 @@ async def test_a_preemption_records_preemptor_and_victim_in_the_audit_and_an_eve
     assert preempt.details["grace_s"] == 7
 
 
+async def test_a_round_stopped_at_its_victim_budget_is_counted_and_the_next_goes_on(
+    world: World,
+) -> None:
+    world.submit("b", "b1", gpus=2)
+    world.submit("b", "b2", gpus=2)
+    world.submit("b", "b3", gpus=2)
+    world.submit("b", "b4", gpus=2)
+    rules = policy(team("a", 4), team("b", 4, limit=100), preemption={"maxVictimsPerRound": 1})
+    await world.start(rules, {"n1": 8})
+    for name in ("b1", "b2", "b3", "b4"):
+        await until(lambda n=name: world.task_state(f"b/{n}") == "admitted", f"{name} admitted")
+
+    world.submit("a", "a1", gpus=2)
+    world.submit("a", "a2", gpus=2)
+
+    await until(lambda: world.evicted("b", "b4-0"), "the first victim evicted")
+    await until(lambda: world.evicted("b", "b3-0"), "the second, in a later round")
+    stopped = world.registry.get_sample_value("gpuwarden_governance_rounds_stopped_total")
+    assert stopped is not None and stopped >= 1
+
+
 async def test_an_eviction_a_disruption_budget_refuses_is_tried_again(world: World) -> None:
     await borrowing(world)
     world.fake.fail_next("POST", "/api/v1/namespaces/b/pods/b2-0/eviction", 429)

@@ -616,6 +616,14 @@ class KubeGovernor:
         if not any(task.state.waiting for task in self.state.tasks.values()):
             return
         decisions = decide(self.state, self.policy, now)
+        if decisions.stopped_at is not None:
+            self._metrics.round_stopped()
+            log.info(
+                "governance.round_stopped",
+                at=decisions.stopped_at,
+                victims=len(decisions.preempt),
+                limit=self.policy.preemption.max_victims_per_round,
+            )
         for preempt in decisions.preempt:
             victim = self.state.task(preempt.victim)
             self.state.apply(preempt, now)

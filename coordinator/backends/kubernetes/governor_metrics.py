@@ -43,6 +43,12 @@ class GovernanceMetrics:
             ["team"],
             registry=registry,
         )
+        self._stopped = Counter(
+            "gpuwarden_governance_rounds_stopped",
+            "Governance rounds that stopped at preemption.maxVictimsPerRound: the rest of "
+            "the queue was decided in the next round",
+            registry=registry,
+        )
         if registry is not None:
             registry.register(self)
 
@@ -51,6 +57,9 @@ class GovernanceMetrics:
 
     def admission_timeout(self, team: str) -> None:
         self._timeouts.labels(team).inc()
+
+    def round_stopped(self) -> None:
+        self._stopped.inc()
 
     def pod_action(self, action: str, ok: bool) -> None:
         self._pod_actions.labels(action, "ok" if ok else "failed").inc()
