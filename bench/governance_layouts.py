@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from coordinator.governance import Capacity, FreeGpus, GovernanceState, Policy, Task, TaskState
-from coordinator.governance.policy import policy_from_mapping
+from coordinator.governance.policy import PreemptionSettings, policy_from_mapping
 
 GPUS_PER_NODE = 8
+DEFAULT_VICTIM_BUDGET = PreemptionSettings().max_victims_per_round
 NOW = 1_000_000.0
 CLASSES = {"inference": 100, "experiment": 80, "training": 70, "fine-tuning": 60, "batch": 40}
 
@@ -49,6 +50,7 @@ def benign(seed: int, scale: int = 1, classes: dict[str, int] | None = None) -> 
             for i in range(teams)
         ],
         classes,
+        scale,
         admission="task-ranking",
     )
     held_target = {0: 500, 1: 2500, 2: 2500, 3: 2500, 4: 2000, 5: 2000, 6: 2000, 7: 2000}
@@ -200,15 +202,37 @@ ADVERSARIAL: list[Callable[[int], Layout]] = [
 # -- building blocks --------------------------------------------------------------------------
 
 
-def _policy(teams: list[dict[str, Any]], classes: dict[str, int], **extra: Any) -> Policy:
+def _policy(
+    teams: list[dict[str, Any]], classes: dict[str, int], scale: int = 1, **extra: Any
+) -> Policy:
+    """``scale``: the victim budget grows with the cluster, so a round makes the same
+    decisions at 10x as at 1x, ten times over."""
+    preemption = {
+        "agingBoostPerPreemption": 1,
+        "agingMaxBoost": 20,
+        "maxVictimsPerRound": DEFAULT_VICTIM_BUDGET * scale,
+    }
     return policy_from_mapping(
         {
             "idleCompute": "fair-share",
             "priorityClasses": [{"name": n, "weight": w} for n, w in classes.items()],
-            "preemption": {"agingBoostPerPreemption": 1, "agingMaxBoost": 20},
+            "preemption": preemption,
             "teams": teams,
             **extra,
         }
+    )
+
+
+def without_victim_budget(layout: Layout) -> Layout:
+    """The layout with no bound on a round's victims: what the victim search costs when
+    a round chooses every victim the queue asks for."""
+    settings = layout.policy.preemption.model_copy(update={"max_victims_per_round": 1_000_000})
+    return Layout(
+        f"{layout.name}, no budget",
+        f"{layout.what}, with no victim budget",
+        layout.policy.model_copy(update={"preemption": settings}),
+        layout.state,
+        layout.nodes,
     )
 
 
