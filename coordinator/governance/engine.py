@@ -46,6 +46,7 @@ rather than walked (:mod:`.preemption`), shared waiting reasons, and no referenc
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 
 from coordinator.governance.books import Book, Books
@@ -74,7 +75,16 @@ __all__ = ["decide", "effective_priority"]
 
 def decide(state: GovernanceState, policy: Policy, now: float) -> Decisions:
     """Admissions and preemptions for this moment. See the module docstring for the rules."""
-    return _Round(state, policy, now).run()
+    # A round makes no reference cycles (tests/test_governance_gc.py): reference counting
+    # frees all it builds. The cyclic collector's passes during a round would only walk the
+    # round's many live objects, at 4-8 % of its time; paused, they are not owed after.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _Round(state, policy, now).run()
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _Round:
