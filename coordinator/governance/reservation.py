@@ -37,7 +37,10 @@ def holders(
     found: dict[int, str] = {}
     if limit is None:
         return found
+    teams = len(book_of)  # one namespace per team
     for task in queue:
+        if len(found) == teams:
+            break  # every team has its holder: the rest of a long queue changes nothing
         book = book_of[task.namespace]
         if book.index in found or now - task.queued_at <= limit:
             continue
