@@ -67,6 +67,7 @@ def test_what_slurm_cannot_do_is_said_plainly() -> None:
     export = export_policy(parse_policy(POLICY))
     unsupported = " ".join(export.unsupported)
     assert "lending and borrowing" in unsupported
+    assert "maxVictimsPerRound 1000" in unsupported
     assert "vision preempt lower classes too" in unsupported
     script = export.script("policy.yaml")
     assert "# No Slurm equivalent (Slurm will NOT do this):" in script

@@ -116,6 +116,9 @@ def _unsupported(policy: Policy) -> tuple[str, ...]:
         "and job priority",
         "requeue backoff (backoffSeconds, backoffMaxSeconds): Slurm decides when a requeued "
         "job runs again",
+        f"victims per round (maxVictimsPerRound {policy.preemption.max_victims_per_round}): "
+        "Slurm bounds a scheduling pass by the jobs it looks at (SchedulerParameters "
+        "default_queue_depth, max_sched_time), not by the jobs it preempts",
     ]
     no_preempt = [t.name for t in policy.teams if not t.preempt_lower_priority]
     if no_preempt:
