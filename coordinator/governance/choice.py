@@ -7,11 +7,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coordinator.governance.books import Book, Books
-from coordinator.governance.candidates import Victim
 from coordinator.governance.decisions import Preempt, PreemptCause
 from coordinator.governance.policy import Policy
 from coordinator.governance.room import Room
 from coordinator.governance.tasks import Task
+from coordinator.governance.victim_order import Victim
 
 
 @dataclass(slots=True)

@@ -52,7 +52,6 @@ from collections.abc import Iterator
 from coordinator.governance.books import Book, Books
 from coordinator.governance.borrowing import borrow_refusal, fair_share_order
 from coordinator.governance.borrowing import cannot_borrow as cannot_borrow_words
-from coordinator.governance.candidates import CandidateOrder, Victim
 from coordinator.governance.choice import preempt_decisions
 from coordinator.governance.decisions import Admit, Decisions, Preempt
 from coordinator.governance.intake import read_tasks
@@ -69,6 +68,7 @@ from coordinator.governance.reservation import (
 )
 from coordinator.governance.room import PodShape, Room
 from coordinator.governance.tasks import GovernanceState, Task
+from coordinator.governance.victim_order import CandidateOrder, Victim
 
 __all__ = ["decide", "effective_priority"]
 
@@ -135,8 +135,9 @@ class _Round:
         self.search = VictimSearch(
             self.books,
             self.priorities,
-            CandidateOrder(now, checkpoint_aware=checkpoint_aware,
-                           idle_first=policy.preemption.idle_first),
+            CandidateOrder(
+                now, checkpoint_aware=checkpoint_aware, idle_first=policy.preemption.idle_first
+            ),
             self.slots,
             self.nodes,
             set(),
@@ -166,9 +167,7 @@ class _Round:
                 self._priority_pass(still_waiting)
             except _VictimBudgetSpent as spent:
                 self._stop_at(spent.task)
-        return Decisions(
-            tuple(self.admits), tuple(self.preempts), self.waiting, self.stopped_at
-        )
+        return Decisions(tuple(self.admits), tuple(self.preempts), self.waiting, self.stopped_at)
 
     def _stop_at(self, task: Task) -> None:
         """The round chose its victims' worth before ``task`` looked for any: it and every

@@ -28,13 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from coordinator.governance.books import Book, Books
-from coordinator.governance.candidates import (
-    BorrowedVictims,
-    CandidateOrder,
-    Levels,
-    OwnVictims,
-    Victim,
-)
+from coordinator.governance.candidates import BorrowedVictims, OwnVictims
 from coordinator.governance.choice import (
     Choice,
     Detour,
@@ -52,6 +46,7 @@ from coordinator.governance.ranking import Priorities
 from coordinator.governance.room import Room
 from coordinator.governance.room_events import ANY, EventRooms
 from coordinator.governance.tasks import Task
+from coordinator.governance.victim_order import CandidateOrder, Levels, Victim
 
 SHORT_WALK = 48
 """Candidates a room step looks at one by one before it reads slot events instead: room is
