@@ -400,11 +400,12 @@ class _Round:
             return False
         if len(self.preempts) >= self.victim_budget:
             raise _VictimBudgetSpent(task)
+        leaving = self.leaving.get(task.key, ())
+        if self.search.known_to_fail(task, book, need_free, need_quota, leaving):
+            return False
         if room is None:
             room = self._room_for(task)
-        victims = self.search.choose(
-            task, book, need_free, need_quota, room, self.leaving.get(task.key, ())
-        )
+        victims = self.search.choose(task, book, need_free, need_quota, room, leaving)
         if victims is None:
             return False
         freed = sum(victim.gpus for victim in victims)

@@ -181,18 +181,9 @@ class VictimSearch:
     ) -> list[Victim] | None:
         """The victims by the rule above; None when no set of them is enough. ``room``,
         when given, holds the chosen victims' GPUs as leaving when this returns;
-        ``in_flight``: where the preemptor's victims still leaving are."""
-        # A round only takes victims away and fills GPUs, so a search that failed fails
-        # again for a task like it that needs as much or more; many tasks of a round are
-        # alike (the same team, gang shape and class). Not for a task that sees nodes of
-        # its own (victims in flight, a task it may not take).
-        alike = None
-        if not in_flight and task.preempted_by is None:
-            own = may_preempt_own(book)
-            alike = (book.index, own, self._priorities.base(task) if own else -1, task.pod_gpus)
-            failed = self._failed.get(alike)
-            if failed is not None and need_free >= failed[0] and need_quota >= failed[1]:
-                return None
+        ``in_flight``: where the preemptor's victims still leaving are. Asked only when
+        :meth:`known_to_fail` is not."""
+        alike = self._alike(task, book, in_flight)
         try:
             found = self._attempt(Trial(task, book, in_flight), need_free, need_quota, room)
         except Detour:
@@ -203,6 +194,32 @@ class VictimSearch:
         if found is None and alike is not None:
             self._failed[alike] = (need_free, need_quota)
         return found
+
+    def known_to_fail(
+        self,
+        task: Task,
+        book: Book,
+        need_free: int,
+        need_quota: int,
+        in_flight: Sequence[Mapping[str, int]] = (),
+    ) -> bool:
+        """A search for a task like this one that needed no more failed earlier in the
+        round: this one fails too (asked before a room is built for it). A round only takes
+        victims away and fills GPUs, and many tasks of a round are alike (the same team,
+        gang shape and class)."""
+        alike = self._alike(task, book, in_flight)
+        failed = self._failed.get(alike) if alike is not None else None
+        return failed is not None and need_free >= failed[0] and need_quota >= failed[1]
+
+    def _alike(
+        self, task: Task, book: Book, in_flight: Sequence[Mapping[str, int]]
+    ) -> tuple[int, bool, int, tuple[int, ...]] | None:
+        """What makes searches alike; None for a task that sees nodes of its own (victims
+        in flight, a task it may not take)."""
+        if in_flight or task.preempted_by is not None:
+            return None
+        own = may_preempt_own(book)
+        return (book.index, own, self._priorities.base(task) if own else -1, task.pod_gpus)
 
     def lenders_grew(self) -> None:
         """A team borrows more than before in this round: more of its tasks may be
