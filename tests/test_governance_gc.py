@@ -137,3 +137,21 @@ def test_a_round_leaves_the_collector_off_when_its_caller_turned_it_off(
 ) -> None:
     round_of(busy_world(per_node=True))
     assert not gc.isenabled()
+
+
+def test_a_round_that_stops_at_its_victim_budget_leaves_no_reference_cycles(
+    collector_off: None,
+) -> None:
+    """The stop unwinds the passes with an exception, whose traceback holds their frames."""
+    world = busy_world(per_node=True)
+    rules = busy_policy().model_copy(
+        update={
+            "preemption": busy_policy().preemption.model_copy(
+                update={"max_victims_per_round": 3}
+            )
+        }
+    )
+    gc.collect()
+    decisions = world.decide(rules)
+    assert gc.collect() == 0
+    assert decisions.stopped_at is not None
