@@ -18,8 +18,8 @@ in view.
 Figures are taken in cycles, every layout measured once per cycle, so a machine that gets
 busier or quieter meanwhile shifts them all alike: ratios taken in one run are portable,
 absolute figures are this machine's. Each block runs untimed rounds first and then
-``gc.collect()``; collections the rounds cause stay in the figures (part of what a decision
-costs) and are counted.
+``gc.collect()``; collections the rounds cause would stay in the figures (part of what a
+decision costs) and are counted: none since ``decide()`` pauses the collector.
 Usage: ``python bench/governance_decision.py [--runs N] [--cycles N] [--seed N] [--no-scale]``.
 """
 
