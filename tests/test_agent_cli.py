@@ -6,9 +6,11 @@ import io
 import json
 import os
 import pty
+import select
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from gpuwarden_common.wire import Kind, StateDigest, decode, decode_state, node_topic
@@ -73,16 +75,24 @@ def test_an_http_port_in_use_is_one_line_that_says_what_to_do() -> None:
 
 
 def test_once_on_a_terminal_prints_indented_json() -> None:
+    """A node with several processes per GPU: its indented state is larger than a pty
+    holds unread (about 17 KB on Linux), so the terminal is read as the agent writes, as a
+    person's terminal is."""
     controller, terminal = pty.openpty()
     with os.fdopen(controller, "rb", buffering=0) as screen:
-        done = subprocess.run(
+        agent = subprocess.Popen(
             [sys.executable, "-m", "agent", "--http", "off", "--kmsg", "off", "--once",
-             "--gpu-backend", "sim", "--node", "n1"],
-            stdout=terminal, stderr=subprocess.DEVNULL, timeout=60, check=False,
+             "--gpu-backend", "sim", "--node", "n1", "--sim-processes-per-gpu", "4"],
+            stdout=terminal, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        os.close(terminal)
-        shown = _read_all(screen).decode().replace("\r\n", "\n")
-    assert done.returncode == 0
+        os.close(terminal)  # the agent holds the only writing end: reads end when it exits
+        try:
+            shown = _read_all(screen, within_s=60).decode().replace("\r\n", "\n")
+            returncode = agent.wait(timeout=10)
+        finally:
+            agent.kill()
+    assert returncode == 0
+    assert len(shown) > 17 * 1024  # the case that would block an unread terminal
     assert shown.startswith('{\n  "')
     assert json.loads(shown)["node"] == "n1"
 
@@ -93,9 +103,15 @@ def test_once_into_a_pipe_prints_one_line_of_json() -> None:
     assert done.stdout.count("\n") == 1
 
 
-def _read_all(screen: io.RawIOBase) -> bytes:
+def _read_all(screen: io.RawIOBase, within_s: float) -> bytes:
+    """Everything written to the terminal until its writing side closes."""
+    deadline = time.monotonic() + within_s
     chunks = []
     while True:
+        remaining = deadline - time.monotonic()
+        ready, _, _ = select.select([screen], [], [], max(0.0, remaining))
+        if not ready:
+            raise AssertionError(f"the terminal was still open after {within_s:g} s")
         try:
             chunk = screen.read(65536)
         except OSError:  # EIO: the writing side is closed and everything was read
