@@ -26,10 +26,7 @@ capacity per node, a set of victims must also leave room for the task's pods on 
 no task is preempted for a gang that would still not fit.
 
 A round chooses at most ``preemption.maxVictimsPerRound`` victims, give or take the last
-preemptor's set (a set is whole or not chosen): the next task that would look for victims
-stops the round, and it and every task not yet decided wait for the next round. So a round's
-work, and the checkpoint storm it starts, is bounded whatever the layout; the rounds after
-go on where it stopped, since its preemptors are then on their way and need no new victims.
+preemptor's set; then it stops, and the next round goes on there (:mod:`.victim_budget`).
 
 Pending tasks that do not fit are skipped and smaller ones behind them may go (best
 effort), until the first task of a team's queue has waited past
@@ -68,6 +65,7 @@ from coordinator.governance.reservation import (
 )
 from coordinator.governance.room import PodShape, Room
 from coordinator.governance.tasks import GovernanceState, Task
+from coordinator.governance.victim_budget import VictimBudgetSpent, stopped_words
 from coordinator.governance.victim_order import CandidateOrder, Victim
 
 __all__ = ["decide", "effective_priority"]
@@ -165,7 +163,7 @@ class _Round:
                 beyond = self._guaranteed_pass()
                 still_waiting = self._borrowing_pass(beyond)
                 self._priority_pass(still_waiting)
-            except _VictimBudgetSpent as spent:
+            except VictimBudgetSpent as spent:
                 self._stop_at(spent.task)
         return Decisions(tuple(self.admits), tuple(self.preempts), self.waiting, self.stopped_at)
 
@@ -173,14 +171,8 @@ class _Round:
         """The round chose its victims' worth before ``task`` looked for any: it and every
         task not decided yet wait for the next round."""
         self.stopped_at = task.key
-        chosen, budget = len(self.preempts), self.victim_budget
-        self.waiting[task.key] = (
-            f"not looked at for preemption in this round: the round has chosen {chosen} "
-            f"victims (preemption.maxVictimsPerRound: {budget}); the next round goes on here"
-        )
-        later = (
-            f"decided in the next round: this round stopped at {task.key}, having chosen "
-            f"{chosen} victims (preemption.maxVictimsPerRound: {budget})"
+        self.waiting[task.key], later = stopped_words(
+            task.key, len(self.preempts), self.victim_budget
         )
         admitted = {admit.task for admit in self.admits}
         for queued in self.queue:
@@ -399,7 +391,7 @@ class _Round:
         if not self.search.may_suffice(task, book, need_free, need_quota):
             return False
         if len(self.preempts) >= self.victim_budget:
-            raise _VictimBudgetSpent(task)
+            raise VictimBudgetSpent(task)
         leaving = self.leaving.get(task.key, ())
         if self.search.known_to_fail(task, book, need_free, need_quota, leaving):
             return False
@@ -446,12 +438,3 @@ class _Round:
         self.preempts.extend(
             preempt_decisions(task, book, victims, self.priorities.base(task), self.policy)
         )
-
-
-class _VictimBudgetSpent(Exception):
-    """The round has chosen ``preemption.maxVictimsPerRound`` victims and ``task`` would
-    look for more: the round stops there (see :meth:`_Round._stop_at`)."""
-
-    def __init__(self, task: Task) -> None:
-        super().__init__(task.key)
-        self.task = task
