@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -70,12 +71,13 @@ def busy_world(*, per_node: bool) -> World:
     return world
 
 
-def busy_policy() -> Policy:
+def busy_policy(**extra: Any) -> Policy:
     return policy(
         team("owner", 320),
         team("wide", 80, limit=300),
         team("deep", 160, preempt=True),
         team("small", 20, limit=500),
+        **extra,
     )
 
 
@@ -144,13 +146,7 @@ def test_a_round_that_stops_at_its_victim_budget_leaves_no_reference_cycles(
 ) -> None:
     """The stop unwinds the passes with an exception, whose traceback holds their frames."""
     world = busy_world(per_node=True)
-    rules = busy_policy().model_copy(
-        update={
-            "preemption": busy_policy().preemption.model_copy(
-                update={"max_victims_per_round": 3}
-            )
-        }
-    )
+    rules = busy_policy(preemption={"maxVictimsPerRound": 3})
     gc.collect()
     decisions = world.decide(rules)
     assert gc.collect() == 0
